@@ -1,0 +1,56 @@
+"""Shared fixtures: where the real test data is, and small real samples of it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from vqvae_lib import data_root, load_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _real_data_root() -> Path:
+    """``VQVAE_DATA_ROOT`` if set (CI points it at a folder prepared from ../shared/datasets), else
+    ``../shared/datasets`` beside the repo, else the package's own data root (downloads there)."""
+    if os.environ.get("VQVAE_DATA_ROOT"):
+        return data_root()
+    shared = REPO.parent / "shared" / "datasets"
+    return shared if shared.is_dir() else data_root()
+
+
+@pytest.fixture(scope="session")
+def real_root() -> Path:
+    return _real_data_root()
+
+
+@pytest.fixture(scope="session")
+def shared_root() -> Path:
+    """The read-only CI datasets (for formats only they have: the JPEG zips and exact subset)."""
+    for candidate in (REPO.parent / "shared" / "datasets", _real_data_root()):
+        if (candidate / "cifar10-exact-subset").is_dir():
+            return candidate
+    missing_shared_data("the CI datasets (../shared/datasets) are not beside the repository")
+
+
+def missing_shared_data(reason: str) -> None:
+    """Fail in CI (the data must be there), skip on a user's machine (only CI has these files)."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def mnist_small(real_root):
+    """2,048 real MNIST training digits and 512 test digits, in memory."""
+    train = load_dataset("mnist", "train", root=real_root).subset(2048, seed=0)
+    test = load_dataset("mnist", "test", root=real_root).subset(512, seed=0)
+    return train, test
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(min(2, os.cpu_count() or 1))

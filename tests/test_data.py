@@ -1,0 +1,300 @@
+"""Loaders on real files in their real formats, and clear errors for bad or missing data."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import socket
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vqvae_lib import DatasetNotFoundError, TensorImageDataset, data_root, load_dataset, make_loader
+from vqvae_lib.data import CIFAR10_CLASSES
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to reach the internet fails at once, as on a machine without network."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+# -- data root ------------------------------------------------------------------------------
+
+
+def test_data_root_comes_from_argument_then_environment_then_package(monkeypatch, tmp_path):
+    monkeypatch.delenv("VQVAE_DATA_ROOT", raising=False)
+    repo = Path(__file__).resolve().parent.parent
+    assert data_root() == repo / "data"
+    monkeypatch.chdir(tmp_path)  # the working directory plays no part
+    assert data_root() == repo / "data"
+    monkeypatch.setenv("VQVAE_DATA_ROOT", str(tmp_path / "env"))
+    assert data_root() == tmp_path / "env"
+    assert data_root(tmp_path / "arg") == tmp_path / "arg"
+
+
+# -- MNIST ------------------------------------------------------------------------------------
+
+
+def _read_idx_images(path: Path) -> np.ndarray:
+    raw = path.read_bytes()
+    assert int.from_bytes(raw[:4], "big") == 2051
+    n, h, w = (int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(3))
+    return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(n, h, w)
+
+
+def test_mnist_reads_the_idx_files(real_root):
+    train = load_dataset("mnist", "train", root=real_root)
+    test = load_dataset("mnist", "test", root=real_root)
+    assert isinstance(train, TensorImageDataset)
+    assert len(train) == 60_000 and len(test) == 10_000
+    assert train.image_shape == (1, 28, 28)
+    idx = _read_idx_images(real_root / "MNIST" / "raw" / "t10k-images-idx3-ubyte")
+    assert np.array_equal(test.images[:, 0].numpy(), idx)
+    counts = torch.bincount(train.labels, minlength=10).tolist()
+    assert counts == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    x, y = test[0]
+    assert x.dtype == torch.float32 and 0.0 <= x.min() and x.max() <= 1.0 and y == 7
+
+
+def test_mnist_from_gzipped_files_only(real_root, tmp_path, no_network):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (real_root / "MNIST" / "raw").glob("t10k-*.gz"):
+        shutil.copy(f, raw / f.name)
+    for f in (real_root / "MNIST" / "raw").glob("train-*.gz"):
+        shutil.copy(f, raw / f.name)
+    test = load_dataset("mnist", "test", root=tmp_path)
+    assert len(test) == 10_000
+
+
+def test_mnist_missing_without_network_says_where_to_put_it(tmp_path, no_network):
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset("mnist", "train", root=tmp_path)
+    msg = str(err.value)
+    assert str(tmp_path / "MNIST" / "raw") in msg and "train-images-idx3-ubyte" in msg and "VQVAE_DATA_ROOT" in msg
+
+
+def test_resize_and_channel_conversion(real_root):
+    ds = load_dataset("mnist", "test", root=real_root, image_size=32, channels=3)
+    assert ds.image_shape == (3, 32, 32)
+    x, _ = ds[0]
+    torch.testing.assert_close(x[0], x[1])
+
+
+# -- CIFAR-10 ----------------------------------------------------------------------------------
+
+
+def _write_cifar_pickles(folder: Path, x: np.ndarray, y: np.ndarray, n_train_batches: int = 5) -> None:
+    """CIFAR-10's python format: pickled dicts of 'data' (N, 3072) R, G, B planes and 'labels'."""
+    folder.mkdir(parents=True)
+
+    def dump(name: str, xs: np.ndarray, ys: np.ndarray) -> None:
+        entry = {
+            "batch_label": name,
+            "labels": [int(v) for v in ys],
+            "data": xs.transpose(0, 3, 1, 2).reshape(len(xs), -1),
+            "filenames": [f"{i}.png" for i in range(len(xs))],
+        }
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f, protocol=2)
+
+    for i, (xs, ys) in enumerate(zip(np.array_split(x, n_train_batches), np.array_split(y, n_train_batches)), 1):
+        dump(f"data_batch_{i}", xs, ys)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": list(CIFAR10_CLASSES)}, f, protocol=2)
+
+
+def test_cifar10_reads_the_python_pickles(shared_root, tmp_path):
+    subset = np.load(shared_root / "cifar10-exact-subset" / "cifar10_exact_subset.npz")
+    _write_cifar_pickles(tmp_path / "cifar-10-batches-py", subset["x_train"], subset["y_train"])
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        data = subset["x_test"].transpose(0, 3, 1, 2).reshape(1000, -1)
+        pickle.dump({"labels": subset["y_test"].tolist(), "data": data}, f, protocol=2)
+    train = load_dataset("cifar10", "train", root=tmp_path)
+    test = load_dataset("cifar10", "test", root=tmp_path)
+    assert len(train) == 2000 and len(test) == 1000 and train.image_shape == (3, 32, 32)
+    assert np.array_equal(train.images.permute(0, 2, 3, 1).numpy(), subset["x_train"])
+    assert np.array_equal(test.labels.numpy(), subset["y_test"].astype(np.int64))
+
+
+def test_cifar10_image_export_unzips_and_keeps_class_order(shared_root, tmp_path):
+    (tmp_path / "cifar10-images").mkdir()
+    shutil.copy(shared_root / "cifar10-images" / "cifar10-test-jpg.zip", tmp_path / "cifar10-images")
+    test = load_dataset("cifar10", "test", root=tmp_path)
+    assert len(test) == 10_000 and test.image_shape == (3, 32, 32)
+    assert torch.bincount(test.labels).tolist() == [1000] * 10
+    # label k holds the images from the folder of CIFAR-10's k-th class
+    first_ship = Image.open(tmp_path / "cifar10-images" / "test" / "ship" / "0000.jpg").convert("RGB")
+    k = CIFAR10_CLASSES.index("ship")
+    pos = int((test.labels == k).nonzero()[0])
+    assert np.array_equal(test.images[pos].permute(1, 2, 0).numpy(), np.asarray(first_ship))
+    # the second load comes from the decoded cache, identical
+    again = load_dataset("cifar10", "test", root=tmp_path)
+    assert torch.equal(again.images, test.images)
+
+
+def test_cifar10_export_with_unknown_classes_is_refused(tmp_path):
+    for cls in ("airplane", "dragons"):
+        (tmp_path / "cifar10-images" / "test" / cls).mkdir(parents=True)
+    with pytest.raises(DatasetNotFoundError, match="dragons"):
+        load_dataset("cifar10", "test", root=tmp_path, download=False)
+
+
+def test_cifar10_missing_without_network_says_where_to_put_it(tmp_path, no_network):
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset("cifar10", "train", root=tmp_path)
+    msg = str(err.value)
+    assert "cifar-10-batches-py" in msg and "cifar10-images/train/<class>" in msg and str(tmp_path) in msg
+
+
+def test_cifar10_exact_subset(shared_root):
+    test = load_dataset("cifar10-exact", "test", root=shared_root)
+    subset = np.load(shared_root / "cifar10-exact-subset" / "cifar10_exact_subset.npz")
+    assert len(test) == 1000
+    assert np.array_equal(test.images.permute(0, 2, 3, 1).numpy(), subset["x_test"])
+
+
+# -- Food-101 ----------------------------------------------------------------------------------
+
+
+def test_food101_layout(shared_root):
+    train = load_dataset("food101", "train", root=shared_root / "food-101-sample", image_size=48)
+    test = load_dataset("food101", "test", root=shared_root, image_size=48, in_memory=True)  # finds food-101-sample
+    assert len(train) == 600 and len(test) == 200
+    x, y = train[0]
+    assert x.shape == (3, 48, 48) and 0 <= y < 10
+    assert isinstance(test, TensorImageDataset) and test.image_shape == (3, 48, 48)
+    assert torch.bincount(test.labels).tolist() == [20] * 10
+    assert test.images.float().std() > 20  # real photos, not blank frames
+
+
+def test_food101_missing_without_network(tmp_path, no_network):
+    with pytest.raises(DatasetNotFoundError, match="meta/train.txt"):
+        load_dataset("food101", "train", root=tmp_path)
+
+
+# -- a user's own folder -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def mixed_folder(shared_root, tmp_path) -> Path:
+    """Real photos saved in every common mode and size, two classes, plus a corrupt and a stray file."""
+    photos = sorted((shared_root / "food-101-sample" / "food-101" / "images").rglob("*.jpg"))[:6]
+    root = tmp_path / "my_images"
+    (root / "cakes").mkdir(parents=True)
+    (root / "soups").mkdir()
+    imgs = [Image.open(p).convert("RGB") for p in photos]
+    imgs[0].convert("L").resize((300, 200)).save(root / "cakes" / "gray.png")
+    imgs[1].resize((90, 120)).save(root / "cakes" / "rgb.jpg")
+    rgba = imgs[2].convert("RGBA").resize((64, 64))
+    alpha = Image.new("L", rgba.size, 255)
+    alpha.paste(0, (0, 0, 64, 16))  # the top quarter fully transparent
+    rgba.putalpha(alpha)
+    rgba.save(root / "cakes" / "rgba.png")
+    imgs[3].convert("P", palette=Image.Palette.ADAPTIVE).save(root / "soups" / "palette.png")
+    gray16 = np.asarray(imgs[4].convert("L"), dtype=np.uint16) * 257
+    Image.fromarray(gray16).save(root / "soups" / "gray16.png")
+    imgs[5].convert("LA").save(root / "soups" / "gray_alpha.png")
+    (root / "soups" / "broken.jpg").write_bytes(b"this is not a jpeg")
+    jpg = (root / "cakes" / "rgb.jpg").read_bytes()
+    (root / "soups" / "truncated.jpg").write_bytes(jpg[: len(jpg) // 3])
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_folder_with_mixed_modes_and_sizes(mixed_folder):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = load_dataset("folder", root=mixed_folder, image_size=32)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "notes.txt" in messages  # ignored: not an image
+    assert "broken.jpg" in messages  # skipped: unreadable
+    assert "truncated.jpg" in messages  # skipped: header fine, pixels missing
+    assert isinstance(ds, TensorImageDataset)
+    assert len(ds) == 6 and ds.image_shape == (3, 32, 32)
+    assert sorted(ds.labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    # transparency is composited onto white: the transparent top of rgba.png is white
+    names = sorted(p.relative_to(mixed_folder).as_posix() for p in mixed_folder.rglob("*.*") if p.suffix in (".png", ".jpg"))
+    kept = [n for n in names if "broken" not in n and "truncated" not in n]
+    rgba_idx = kept.index("cakes/rgba.png")
+    assert ds.images[rgba_idx, :, :6, :].min() >= 250  # (resampling rounds a few to 254)
+    assert ds.images[rgba_idx, :, 12:, :].float().mean() < 220  # the opaque rest is the photo
+    gray_idx = kept.index("cakes/gray.png")
+    assert torch.equal(ds.images[gray_idx, 0], ds.images[gray_idx, 1])
+    assert ds.images[kept.index("soups/gray16.png")].float().std() > 10  # 16-bit scaled, not clipped white
+
+
+def test_folder_as_grayscale_and_lazy(mixed_folder):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lazy = load_dataset("folder", root=mixed_folder / "cakes", image_size=(24, 16), channels=1, in_memory=False)
+    x, y = lazy[0]
+    assert x.shape == (1, 24, 16) and y == -1  # a flat folder has no classes
+    batch, _ = next(iter(make_loader(lazy, batch_size=3)))
+    assert batch.shape == (3, 1, 24, 16)
+
+
+def test_empty_or_imageless_folders_are_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetNotFoundError, match="no readable images"):
+        load_dataset("folder", root=tmp_path / "empty")
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "a.txt").write_text("x")
+    (tmp_path / "text" / "b.png").write_bytes(b"\x89PNG garbage")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(DatasetNotFoundError, match="no readable images"):
+            load_dataset("folder", root=tmp_path / "text")
+    with pytest.raises(DatasetNotFoundError, match="does not exist"):
+        load_dataset("folder", root=tmp_path / "nope")
+
+
+def test_unknown_dataset_name():
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_dataset("imagenet")
+
+
+# -- batches ---------------------------------------------------------------------------------
+
+
+def _numbered(n: int) -> TensorImageDataset:
+    return TensorImageDataset(torch.zeros(n, 1, 4, 4, dtype=torch.uint8), torch.arange(n))
+
+
+def test_batch_loader_epochs_are_reproducible_and_resumable():
+    ds = _numbered(100)
+    loader = make_loader(ds, batch_size=10, seed=3)
+    epoch0 = [y.tolist() for _, y in loader]
+    assert sorted(sum(epoch0, [])) == list(range(100))  # each image once per epoch
+    loader.set_epoch(1)
+    epoch1 = [y.tolist() for _, y in loader]
+    assert epoch1 != epoch0
+    loader.set_epoch(1, start_batch=4)
+    assert [y.tolist() for _, y in loader] == epoch1[4:]
+    loader.set_epoch(0)
+    assert [y.tolist() for _, y in loader] == epoch0
+
+
+def test_batch_loader_shards_are_disjoint():
+    ds = _numbered(64)
+    shards = [sum((y.tolist() for _, y in make_loader(ds, 8, seed=1, rank=r, world_size=2)), []) for r in range(2)]
+    assert not set(shards[0]) & set(shards[1])
+    assert len(shards[0]) == len(shards[1]) == 32
+
+
+def test_batch_larger_than_dataset_is_refused():
+    with pytest.raises(ValueError, match="batch_size"):
+        make_loader(_numbered(5), batch_size=8)
+    assert sum(len(y) for _, y in make_loader(_numbered(5), batch_size=8, shuffle=False)) == 5

@@ -1,0 +1,75 @@
+"""Latent interpolation, GIFs and the slider widget."""
+
+from __future__ import annotations
+
+import imageio.v3 as iio
+import pytest
+import torch
+
+from vqvae_lib import VQVAE, interpolate_latents, save_gif, seed_everything
+from vqvae_lib.widgets import InterpolationScrubber
+
+
+@pytest.fixture
+def model():
+    seed_everything(0)
+    return VQVAE(in_channels=1, hidden_channels=16, residual_hidden_channels=8, embedding_dim=4, num_embeddings=16).eval()
+
+
+def test_interpolation_ends_at_the_two_reconstructions(model):
+    x_a, x_b = torch.rand(1, 28, 28), torch.rand(1, 28, 28)
+    for space in ("continuous", "quantized"):
+        frames = interpolate_latents(model, x_a, x_b, steps=9, space=space)
+        assert frames.shape == (9, 1, 28, 28) and 0 <= frames.min() and frames.max() <= 1
+        torch.testing.assert_close(frames[0], model.reconstruct(x_a[None])[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(frames[-1], model.reconstruct(x_b[None])[0], atol=1e-5, rtol=1e-5)
+
+
+def _decoder_inputs(model, fn):
+    seen = []
+    handle = model.decoder.register_forward_hook(lambda mod, args, out: seen.append(args[0].detach()))
+    fn()
+    handle.remove()
+    return seen[0]
+
+
+def _is_codebook_row(latents: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    flat = latents.permute(0, 2, 3, 1).reshape(-1, codebook.shape[1])
+    return (flat[:, None] - codebook[None]).abs().amax(-1).min(dim=1).values < 1e-5
+
+
+def test_continuous_path_stays_on_the_codebook_and_quantized_path_does_not(model):
+    with torch.no_grad():
+        model.quantizer.codebook.copy_(torch.randn_like(model.quantizer.codebook))
+        model.encoder.net[-1].weight.mul_(20)  # spread z_e so that different images pick different codes
+    x_a, x_b = torch.zeros(1, 28, 28), torch.ones(1, 28, 28)
+    assert not torch.equal(model.encode_indices(x_a[None]), model.encode_indices(x_b[None]))
+    book = model.quantizer.codebook
+    cont = _decoder_inputs(model, lambda: interpolate_latents(model, x_a, x_b, 7, "continuous"))
+    assert cont.shape[0] == 7 and _is_codebook_row(cont, book).all()
+    quant = _decoder_inputs(model, lambda: interpolate_latents(model, x_a, x_b, 7, "quantized"))
+    assert _is_codebook_row(quant[[0, -1]], book).all()
+    assert not _is_codebook_row(quant[3:4], book).all()  # the blends lie between codes
+    with pytest.raises(ValueError, match="space"):
+        interpolate_latents(model, x_a, x_b, 7, "pixel")
+
+
+def test_save_gif_writes_a_looping_animation(tmp_path):
+    frames = torch.linspace(0, 1, 6).view(6, 1, 1, 1).expand(6, 1, 28, 28)  # distinct frames (GIF merges repeats)
+    path = save_gif(frames, tmp_path / "walk.gif", fps=10, scale=3)
+    gif = iio.imread(path, index=None)
+    assert gif.shape[0] == 6 + 4  # forth and back without repeating the ends
+    assert gif.shape[1:3] == (84, 84)
+    assert gif[0].mean() < 5 and gif[5].mean() > 250 and abs(int(gif[1].mean()) - int(gif[9].mean())) <= 2
+
+
+def test_scrubber_swaps_cached_frames():
+    frames = torch.linspace(0, 1, 5).view(5, 1, 1, 1).expand(5, 1, 28, 28)
+    scrubber = InterpolationScrubber(frames, scale=2)
+    first = scrubber.image.value
+    assert first == scrubber.pngs[0]
+    scrubber.slider.value = 4
+    assert scrubber.image.value == scrubber.pngs[4] != first
+    assert scrubber.play.max == scrubber.slider.max == 4
+    scrubber.set_frames(frames[:3])  # a new path keeps the controls and clamps the position
+    assert scrubber.slider.max == 2 and scrubber.image.value == scrubber.pngs[2]

@@ -1,0 +1,50 @@
+"""vqvae_lib: a small, tested VQ-VAE (van den Oord et al. 2017, "Neural Discrete Representation Learning").
+
+    from vqvae_lib import VQVAE, load_dataset, make_loader, train, evaluate
+"""
+
+from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from .data import (
+    DATA_ROOT_ENV,
+    BatchLoader,
+    DatasetNotFoundError,
+    ImageFolderDataset,
+    TensorImageDataset,
+    data_root,
+    dataset_variance,
+    load_dataset,
+    make_loader,
+)
+from .interpolation import interpolate_latents, save_gif
+from .metrics import codes_used, nmse, perplexity, psnr
+from .model import VQVAE, Decoder, Encoder, ResidualBlock, ResidualStack, loss_terms
+from .quantizer import (
+    QuantizerOutput,
+    VectorQuantizer,
+    VectorQuantizerEMA,
+    kmeans,
+    nearest_code,
+    squared_distances,
+)
+from .training import (
+    FAST_ENV,
+    TrainConfig,
+    TrainResult,
+    evaluate,
+    fast_mode,
+    pick_device,
+    seed_everything,
+    train,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchLoader", "CheckpointError", "DATA_ROOT_ENV", "DatasetNotFoundError", "Decoder", "Encoder",
+    "FAST_ENV", "ImageFolderDataset", "QuantizerOutput", "ResidualBlock", "ResidualStack",
+    "TensorImageDataset", "TrainConfig", "TrainResult", "VQVAE", "VectorQuantizer", "VectorQuantizerEMA",
+    "codes_used", "data_root", "dataset_variance", "evaluate", "fast_mode", "interpolate_latents", "kmeans",
+    "load_checkpoint", "load_dataset", "loss_terms", "make_loader", "nearest_code", "nmse", "perplexity",
+    "pick_device", "psnr", "read_checkpoint", "save_checkpoint", "save_gif", "seed_everything",
+    "squared_distances", "train",
+]  # fmt: skip

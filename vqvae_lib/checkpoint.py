@@ -1,0 +1,133 @@
+"""Checkpoints that rebuild their own model: the config is stored beside the weights.
+
+Writes are atomic: the checkpoint goes to a temporary file in the same folder, which then replaces
+the old one with ``os.replace``. An interrupt (Ctrl-C, a crash, a full disk) at any moment leaves
+either the previous checkpoint or the new one, never a truncated file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+__all__ = ["CheckpointError", "save_checkpoint", "read_checkpoint", "load_checkpoint", "register_model_class"]
+
+FORMAT = "vqvae_lib.checkpoint/1"
+_MODEL_CLASSES: dict[str, Callable[..., nn.Module]] = {}
+
+
+class CheckpointError(RuntimeError):
+    """A file is not a checkpoint of ours, or does not fit the model it is loaded into."""
+
+
+def register_model_class(cls: type) -> type:
+    """Let checkpoints rebuild instances of ``cls`` (which must have a ``config`` dict of its init args)."""
+    _MODEL_CLASSES[cls.__name__] = cls
+    return cls
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)  # DistributedDataParallel / compiled wrappers
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    step: int = 0,
+    history: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Atomically write model config + weights (+ optimizer, scheduler, step, history, RNG state)."""
+    model = _unwrap(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format": FORMAT,
+        "model_class": type(model).__name__,
+        "model_config": dict(model.config),
+        "model_state": model.state_dict(),
+        "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
+        "step": int(step),
+        "history": history,
+        "rng_state": torch.get_rng_state(),
+        "extra": extra or {},
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """The raw checkpoint dict, after checking that it is one of ours."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"{path} could not be read as a checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a vqvae_lib checkpoint (no '{FORMAT}' format marker)")
+    return state
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Rebuild (or fill) a model from a checkpoint.
+
+    With ``model=None`` the model is built from the stored config. With a model, its config must
+    equal the stored one; otherwise :class:`CheckpointError` lists the differences. The returned
+    model carries ``checkpoint_step`` and ``checkpoint_history`` for reading.
+    """
+    from . import model as _model_module  # noqa: F401  (registers VQVAE)
+
+    state = read_checkpoint(path)
+    cls_name, config = state["model_class"], state["model_config"]
+    if model is None:
+        if cls_name not in _MODEL_CLASSES:
+            raise CheckpointError(f"{path} holds a {cls_name}, which this version of vqvae_lib cannot build")
+        model = _MODEL_CLASSES[cls_name](**config)
+    else:
+        target = _unwrap(model)
+        if type(target).__name__ != cls_name:
+            raise CheckpointError(f"{path} holds a {cls_name}, not a {type(target).__name__}")
+        own = dict(getattr(target, "config", {}))
+        diffs = {k: (config.get(k), own.get(k)) for k in set(config) | set(own) if config.get(k) != own.get(k)}
+        if diffs:
+            lines = "\n".join(f"  {k}: checkpoint {a!r}, model {b!r}" for k, (a, b) in sorted(diffs.items()))
+            raise CheckpointError(
+                f"{path} was saved from a model with a different configuration:\n{lines}\n"
+                f"Load it with load_checkpoint(path) (no model) to rebuild the saved one."
+            )
+    target = _unwrap(model)
+    try:
+        target.load_state_dict(state["model_state"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not fit this model's weights: {err}") from err
+    if optimizer is not None and state.get("optimizer_state") is not None:
+        optimizer.load_state_dict(state["optimizer_state"])
+    if scheduler is not None and state.get("scheduler_state") is not None:
+        scheduler.load_state_dict(state["scheduler_state"])
+    target.checkpoint_step = state["step"]
+    target.checkpoint_history = state.get("history")
+    return model.to(device)

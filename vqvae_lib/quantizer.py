@@ -1,0 +1,369 @@
+"""Vector quantization: the bottleneck of a VQ-VAE (van den Oord et al. 2017, arXiv 1711.00937).
+
+Shapes and vocabulary, used the same way everywhere in this package:
+
+* ``z_e``: encoder output, ``(B, D, H, W)``; each of the ``B*H*W`` vectors of length ``D`` is quantized.
+* ``codebook``: the ``(K, D)`` table of code vectors ``e_1 .. e_K`` (``K = num_embeddings``,
+  ``D = embedding_dim``).
+* ``indices``: ``(B, H, W)`` long, ``k = argmin_j ||z_e - e_j||^2`` at every position.
+* ``z_q``: ``(B, D, H, W)``, ``e_k`` at every position, passed on with the straight-through estimator
+  ``z_q = z_e + sg[e_k - z_e]`` so that its forward value is the code and its gradient flows to ``z_e``.
+
+The paper's loss is ``log p(x|z_q) + ||sg[z_e] - e||^2 + beta ||z_e - sg[e]||^2``. The quantizers here
+return the last two terms separately and unscaled (``codebook_loss`` and ``commitment_loss``); the
+model multiplies ``commitment_loss`` by ``beta``. Keeping ``beta`` out of the quantizer's outputs is
+what makes it impossible to put it on the wrong term.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "QuantizerOutput",
+    "VectorQuantizer",
+    "VectorQuantizerEMA",
+    "squared_distances",
+    "nearest_code",
+    "kmeans",
+]
+
+
+class QuantizerOutput(NamedTuple):
+    """What a quantizer returns.
+
+    Attributes:
+        z_q: ``(B, D, H, W)`` quantized latents with straight-through gradient to ``z_e``.
+        indices: ``(B, H, W)`` long code indices.
+        codebook_loss: scalar, ``mean ||sg[z_e] - e||^2`` (moves the codebook; for the EMA quantizer
+            it is reported without a gradient, since EMA updates replace it).
+        commitment_loss: scalar, ``mean ||z_e - sg[e]||^2``, unscaled (moves the encoder).
+        perplexity: scalar, ``exp(entropy)`` of the code usage in this batch: 1 when a single code is
+            used, ``K`` when all codes are used equally often.
+    """
+
+    z_q: Tensor
+    indices: Tensor
+    codebook_loss: Tensor
+    commitment_loss: Tensor
+    perplexity: Tensor
+
+
+def squared_distances(flat: Tensor, codebook: Tensor) -> Tensor:
+    """``(N, K)`` squared Euclidean distances ``||z||^2 - 2 z.e + ||e||^2``.
+
+    The expanded form needs one ``(N, D) x (D, K)`` matrix product and never builds the
+    ``(N, K, D)`` difference tensor that ``(z[:, None] - e[None]).pow(2).sum(-1)`` would.
+    """
+    z_sq = flat.pow(2).sum(dim=1, keepdim=True)
+    e_sq = codebook.pow(2).sum(dim=1)
+    return torch.addmm(e_sq + z_sq, flat, codebook.t(), alpha=-2.0).clamp_min_(0.0)
+
+
+def nearest_code(flat: Tensor, codebook: Tensor) -> Tensor:
+    """Index of the nearest code for every row of ``flat`` (``(N, D)`` -> ``(N,)`` long).
+
+    ``||z||^2`` is the same for every code, so the argmin needs only ``||e||^2 - 2 z.e``: one fused
+    matrix product (``addmm``) and an argmin, which is why this runs close to a bare ``z @ e.T``.
+    """
+    e_sq = codebook.pow(2).sum(dim=1)
+    return torch.addmm(e_sq, flat, codebook.t(), alpha=-2.0).argmin(dim=1)
+
+
+def kmeans(vectors: Tensor, k: int, iterations: int = 10, generator: torch.Generator | None = None) -> Tensor:
+    """Lloyd's k-means on ``(N, D)`` vectors; returns ``(k, D)`` centroids.
+
+    Starts from ``k`` random data vectors (drawn with replacement when ``N < k``); a centroid that
+    loses all its vectors keeps its previous position rather than becoming NaN.
+    """
+    vectors = vectors.detach().float()
+    n = vectors.shape[0]
+    start = _sample_rows(n, k, vectors.device, generator)
+    centroids = vectors[start].clone()
+    for _ in range(iterations):
+        assign = nearest_code(vectors, centroids)
+        counts = torch.bincount(assign, minlength=k).to(vectors.dtype)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, vectors)
+        filled = counts > 0
+        centroids[filled] = sums[filled] / counts[filled, None]
+    return centroids
+
+
+def _sample_rows(n: int, k: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
+    if n >= k:
+        return torch.randperm(n, generator=generator)[:k].to(device)
+    return torch.randint(n, (k,), generator=generator).to(device)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce_sum(t: Tensor) -> Tensor:
+    if _distributed():
+        dist.all_reduce(t)
+    return t
+
+
+def _broadcast(t: Tensor) -> Tensor:
+    if _distributed():
+        dist.broadcast(t, src=0)
+    return t
+
+
+class _QuantizerBase(nn.Module):
+    """Shared machinery: nearest-code search, straight-through estimator, codebook health.
+
+    Codebook health, all off by default so that the plain quantizer is the paper's:
+
+    * ``data_init``: ``"kmeans"`` or ``"random"`` initialises the codebook from the first training
+      batch of encoder outputs (k-means centroids, or random encoder vectors), so that every code
+      starts where the data is and perplexity is high from the first step.
+    * ``dead_code_threshold``: a code unused for this many consecutive training steps is re-seeded
+      from a random encoder output of the current batch (0 disables).
+    * ``usage_counts`` counts how often each code was chosen in training since ``reset_usage()``;
+      ``codes_used()`` and ``usage_histogram()`` read it.
+
+    Under ``torch.distributed`` the statistics are summed over ranks and new code vectors are
+    broadcast from rank 0, so every rank keeps the same codebook.
+    """
+
+    codebook: Tensor
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        beta: float,
+        data_init: str | None,
+        dead_code_threshold: int,
+        kmeans_iterations: int = 10,
+    ) -> None:
+        super().__init__()
+        if num_embeddings < 1 or embedding_dim < 1:
+            raise ValueError("num_embeddings and embedding_dim must be positive")
+        if data_init not in (None, "kmeans", "random"):
+            raise ValueError(f"data_init must be None, 'kmeans' or 'random', not {data_init!r}")
+        if dead_code_threshold < 0:
+            raise ValueError("dead_code_threshold must be >= 0 (0 disables dead-code restarts)")
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.beta = float(beta)
+        self.data_init = data_init
+        self.dead_code_threshold = int(dead_code_threshold)
+        self.kmeans_iterations = kmeans_iterations
+        self.register_buffer("initialised", torch.tensor(data_init is None))
+        self.register_buffer("usage_counts", torch.zeros(num_embeddings, dtype=torch.long))
+        self.register_buffer("steps_unused", torch.zeros(num_embeddings, dtype=torch.long))
+        self.restarted_codes = 0  # total number of dead-code restarts, for logging
+
+    # -- codebook access ---------------------------------------------------------------------
+    def _set_codes(self, rows: Tensor, vectors: Tensor) -> None:
+        """Overwrite codebook rows (and any statistics attached to them)."""
+        raise NotImplementedError
+
+    def indices_to_latents(self, indices: Tensor) -> Tensor:
+        """Look up codes: ``(B, H, W)`` long -> ``(B, D, H, W)``."""
+        return F.embedding(indices, self.codebook).permute(0, 3, 1, 2).contiguous()
+
+    # -- codebook health ---------------------------------------------------------------------
+    @torch.no_grad()
+    def init_from_data(self, z_e: Tensor, method: str = "kmeans") -> None:
+        """Set every code from encoder outputs ``z_e`` (``(B, D, H, W)`` or ``(N, D)``)."""
+        flat = self._flatten(z_e).detach().float() if z_e.dim() == 4 else z_e.detach().float()
+        if method == "kmeans":
+            vectors = kmeans(flat, self.num_embeddings, self.kmeans_iterations)
+        elif method == "random":
+            vectors = flat[_sample_rows(flat.shape[0], self.num_embeddings, flat.device, None)]
+        else:
+            raise ValueError(f"method must be 'kmeans' or 'random', not {method!r}")
+        vectors = _broadcast(vectors.to(self.codebook.dtype).contiguous())
+        self._set_codes(torch.arange(self.num_embeddings, device=vectors.device), vectors)
+        self.steps_unused.zero_()
+        self.initialised.fill_(True)
+
+    @torch.no_grad()
+    def restart_dead_codes(self, z_e: Tensor, threshold: int | None = None) -> int:
+        """Re-seed codes unused for ``threshold`` steps from random rows of ``z_e``; returns how many."""
+        threshold = self.dead_code_threshold if threshold is None else threshold
+        if threshold <= 0:
+            return 0
+        dead = torch.nonzero(self.steps_unused >= threshold).flatten()
+        if dead.numel() == 0:
+            return 0
+        flat = self._flatten(z_e).detach() if z_e.dim() == 4 else z_e.detach()
+        vectors = flat[_sample_rows(flat.shape[0], dead.numel(), flat.device, None)]
+        vectors = _broadcast(vectors.to(self.codebook.dtype).contiguous())
+        self._set_codes(dead, vectors)
+        self.steps_unused[dead] = 0
+        self.restarted_codes += int(dead.numel())
+        return int(dead.numel())
+
+    def codes_used(self) -> int:
+        """How many distinct codes were chosen in training since the last ``reset_usage()``."""
+        return int((self.usage_counts > 0).sum())
+
+    def usage_histogram(self) -> Tensor:
+        """``(K,)`` counts of how often each code was chosen in training since ``reset_usage()``."""
+        return self.usage_counts.detach().cpu().clone()
+
+    def reset_usage(self) -> None:
+        self.usage_counts.zero_()
+
+    @torch.no_grad()
+    def _track_usage(self, counts: Tensor) -> None:
+        self.usage_counts += counts
+        self.steps_unused = torch.where(counts > 0, torch.zeros_like(self.steps_unused), self.steps_unused + 1)
+
+    # -- the forward pass --------------------------------------------------------------------
+    def _flatten(self, z_e: Tensor) -> Tensor:
+        if z_e.dim() != 4 or z_e.shape[1] != self.embedding_dim:
+            raise ValueError(
+                f"expected z_e of shape (B, D={self.embedding_dim}, H, W), got {tuple(z_e.shape)}"
+            )
+        return z_e.permute(0, 2, 3, 1).reshape(-1, self.embedding_dim)
+
+    def _update_codebook(self, flat: Tensor, indices: Tensor, counts: Tensor) -> None:
+        """Hook for the EMA variant: called in training after the codes are chosen."""
+
+    def _codebook_loss(self, flat: Tensor, quantized: Tensor) -> Tensor:
+        return F.mse_loss(quantized, flat.detach())
+
+    def forward(self, z_e: Tensor) -> QuantizerOutput:
+        b, _, h, w = z_e.shape if z_e.dim() == 4 else (0, 0, 0, 0)
+        flat = self._flatten(z_e)
+        if self.training:
+            if not bool(self.initialised):
+                self.init_from_data(flat, self.data_init or "random")
+            self.restart_dead_codes(flat)
+
+        # The search runs without autograd: argmin has no gradient, and skipping the graph saves
+        # the (N, K) distance matrix from being kept for backward.
+        with torch.no_grad():
+            indices = nearest_code(flat.detach().to(self.codebook.dtype), self.codebook)
+            counts = _all_reduce_sum(torch.bincount(indices, minlength=self.num_embeddings))
+        quantized = F.embedding(indices, self.codebook).to(flat.dtype)
+        if self.training:
+            self._track_usage(counts)
+            self._update_codebook(flat, indices, counts)
+
+        codebook_loss = self._codebook_loss(flat, quantized)
+        commitment_loss = F.mse_loss(flat, quantized.detach())
+        # Straight-through: forward value is the code, backward is the identity to z_e.
+        z_q_flat = flat + (quantized - flat).detach()
+
+        probs = counts.float() / counts.sum().clamp_min(1)
+        perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())
+
+        z_q = z_q_flat.view(b, h, w, self.embedding_dim).permute(0, 3, 1, 2)
+        return QuantizerOutput(z_q, indices.view(b, h, w), codebook_loss, commitment_loss, perplexity)
+
+    def extra_repr(self) -> str:
+        return (
+            f"K={self.num_embeddings}, D={self.embedding_dim}, beta={self.beta}, "
+            f"data_init={self.data_init}, dead_code_threshold={self.dead_code_threshold}"
+        )
+
+
+class VectorQuantizer(_QuantizerBase):
+    """The paper's vector quantizer with a learned codebook (section 3.1 and equation 3).
+
+    Args:
+        num_embeddings: ``K``, the number of codes.
+        embedding_dim: ``D``, the length of each code vector (the channels of ``z_e``).
+        beta: commitment weight; stored here for the model's loss, never applied inside.
+        data_init: ``None`` (uniform ``U(-1/K, 1/K)`` init, as in the reference code), ``"kmeans"``
+            or ``"random"`` (set from the first training batch of encoder outputs).
+        dead_code_threshold: restart codes unused for this many training steps (0: never).
+
+    Input ``z_e`` ``(B, D, H, W)``; output :class:`QuantizerOutput`. The codebook is an
+    ``nn.Parameter`` that receives gradient from ``codebook_loss`` alone.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        beta: float = 0.25,
+        data_init: str | None = None,
+        dead_code_threshold: int = 0,
+    ) -> None:
+        super().__init__(num_embeddings, embedding_dim, beta, data_init, dead_code_threshold)
+        bound = 1.0 / num_embeddings
+        self.codebook = nn.Parameter(torch.empty(num_embeddings, embedding_dim).uniform_(-bound, bound))
+
+    @torch.no_grad()
+    def _set_codes(self, rows: Tensor, vectors: Tensor) -> None:
+        self.codebook.data[rows] = vectors
+
+
+class VectorQuantizerEMA(_QuantizerBase):
+    """Vector quantizer whose codebook follows exponential moving averages (paper, appendix A.1).
+
+    With ``n_k`` the number of encoder vectors assigned to code ``k`` in a batch and ``s_k`` their sum:
+
+        N_k <- decay * N_k + (1 - decay) * n_k
+        m_k <- decay * m_k + (1 - decay) * s_k
+        e_k  = m_k / N~_k,   N~_k = (N_k + eps) / (sum_j N_j + K eps) * sum_j N_j   (Laplace smoothing)
+
+    so each code moves towards the mean of the vectors assigned to it, with no optimizer and no
+    codebook-loss gradient; the smoothing keeps an unused code finite (it decays towards the origin,
+    which is what ``dead_code_threshold`` repairs). ``N`` and ``m`` start at 1 and the initial
+    codes, so that the first update is a weighted mean rather than a jump.
+
+    ``codebook_loss`` is still returned, detached, so the curves show how far codes sit from the
+    encoder outputs; adding it to a total changes no gradient.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        beta: float = 0.25,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        data_init: str | None = None,
+        dead_code_threshold: int = 0,
+    ) -> None:
+        super().__init__(num_embeddings, embedding_dim, beta, data_init, dead_code_threshold)
+        if not 0.0 <= decay < 1.0:
+            raise ValueError("decay must be in [0, 1)")
+        self.decay = float(decay)
+        self.eps = float(eps)
+        codebook = torch.randn(num_embeddings, embedding_dim)
+        self.register_buffer("codebook", codebook)
+        self.register_buffer("ema_cluster_size", torch.ones(num_embeddings))
+        self.register_buffer("ema_embed_sum", codebook.clone())
+
+    @torch.no_grad()
+    def _set_codes(self, rows: Tensor, vectors: Tensor) -> None:
+        self.codebook[rows] = vectors
+        self.ema_embed_sum[rows] = vectors
+        self.ema_cluster_size[rows] = 1.0
+
+    @torch.no_grad()
+    def _update_codebook(self, flat: Tensor, indices: Tensor, counts: Tensor) -> None:
+        embed_sum = torch.zeros_like(self.ema_embed_sum).index_add_(0, indices, flat.detach().to(self.ema_embed_sum.dtype))
+        embed_sum = _all_reduce_sum(embed_sum)
+        self.ema_cluster_size.mul_(self.decay).add_(counts.to(self.ema_cluster_size.dtype), alpha=1 - self.decay)
+        self.ema_embed_sum.mul_(self.decay).add_(embed_sum, alpha=1 - self.decay)
+        n = self.ema_cluster_size.sum()
+        smoothed = (self.ema_cluster_size + self.eps) / (n + self.num_embeddings * self.eps) * n
+        self.codebook.copy_(self.ema_embed_sum / smoothed.unsqueeze(1))
+
+    def _codebook_loss(self, flat: Tensor, quantized: Tensor) -> Tensor:
+        return F.mse_loss(quantized, flat.detach()).detach()
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", decay={self.decay}, eps={self.eps}"
+
+
+def bits_per_index(num_embeddings: int) -> float:
+    """Bits needed to store one code index: ``log2 K``."""
+    return math.log2(num_embeddings)
