@@ -129,20 +129,25 @@ def test_cifar10_reads_the_python_pickles(shared_root, tmp_path):
     assert np.array_equal(test.labels.numpy(), subset["y_test"].astype(np.int64))
 
 
-def test_cifar10_image_export_unzips_and_keeps_class_order(shared_root, tmp_path):
-    (tmp_path / "cifar10-images").mkdir()
-    shutil.copy(shared_root / "cifar10-images" / "cifar10-test-jpg.zip", tmp_path / "cifar10-images")
-    test = load_dataset("cifar10", "test", root=tmp_path)
+def test_cifar10_image_export_from_zip_and_folder_keeps_class_order(shared_root, tmp_path):
+    zipped = tmp_path / "zipped"
+    (zipped / "cifar10-images").mkdir(parents=True)
+    shutil.copy(shared_root / "cifar10-images" / "cifar10-test-jpg.zip", zipped / "cifar10-images")
+    (zipped / "cifar10-images").chmod(0o555)
+    test = load_dataset("cifar10", "test", root=zipped)  # read from the zip, nothing written
+    assert sorted(p.name for p in (zipped / "cifar10-images").iterdir()) == ["cifar10-test-jpg.zip"]
     assert len(test) == 10_000 and test.image_shape == (3, 32, 32)
     assert torch.bincount(test.labels).tolist() == [1000] * 10
-    # label k holds the images from the folder of CIFAR-10's k-th class
-    first_ship = Image.open(tmp_path / "cifar10-images" / "test" / "ship" / "0000.jpg").convert("RGB")
-    k = CIFAR10_CLASSES.index("ship")
-    pos = int((test.labels == k).nonzero()[0])
+
+    unzipped = tmp_path / "unzipped" / "cifar10-images"
+    with zipfile.ZipFile(shared_root / "cifar10-images" / "cifar10-test-jpg.zip") as zf:
+        zf.extractall(unzipped)
+    from_folder = load_dataset("cifar10", "test", root=unzipped.parent)
+    assert torch.equal(from_folder.images, test.images) and torch.equal(from_folder.labels, test.labels)
+    # label k holds the images from the folder of CIFAR-10's k-th class, in file order
+    first_ship = Image.open(unzipped / "test" / "ship" / "0000.jpg").convert("RGB")
+    pos = int((test.labels == CIFAR10_CLASSES.index("ship")).nonzero()[0])
     assert np.array_equal(test.images[pos].permute(1, 2, 0).numpy(), np.asarray(first_ship))
-    # the second load comes from the decoded cache, identical
-    again = load_dataset("cifar10", "test", root=tmp_path)
-    assert torch.equal(again.images, test.images)
 
 
 def test_cifar10_export_with_unknown_classes_is_refused(tmp_path):

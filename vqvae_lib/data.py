@@ -18,6 +18,7 @@ Layout under the root (the same as torchvision's, so its downloads land in place
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import warnings
@@ -303,7 +304,8 @@ _CIFAR_HELP = """Put CIFAR-10 under {root} in one of these forms:
   {root}/cifar-10-batches-py/  (torchvision's download: data_batch_1..5, test_batch, batches.meta), or
   {root}/cifar10-images/train/<class>/*.png|jpg and {root}/cifar10-images/test/<class>/...  (an image
   export, classes named airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck), or the
-  zips of such an export, cifar10-train-jpg.zip and cifar10-test-jpg.zip, in {root}/cifar10-images/."""
+  zips of such an export, cifar10-train-jpg.zip and cifar10-test-jpg.zip, in {root}/cifar10-images/
+  (read in place, without unzipping)."""
 
 _FOOD_HELP = """Put Food-101 at {root}/food-101/ with images/<class>/<id>.jpg and meta/train.txt, meta/test.txt,
 meta/classes.txt (torchvision's layout; the full download is 5 GB)."""
@@ -334,9 +336,9 @@ def _load_cifar10(root: Path, split: str, download: bool) -> TensorImageDataset:
         images = torch.from_numpy(np.concatenate(data).reshape(-1, 3, 32, 32))
         return TensorImageDataset(images, torch.tensor(sum(labels, [])), name=f"cifar10-{split}")
 
-    folder = _cifar_export_folder(root, split)
-    if folder is not None:
-        return _load_cifar_export(folder, split)
+    export = _cifar_export(root, split)
+    if export is not None:
+        return _load_cifar_export(export, split)
 
     if download:
         from torchvision.datasets import CIFAR10
@@ -349,52 +351,51 @@ def _load_cifar10(root: Path, split: str, download: bool) -> TensorImageDataset:
     raise _missing("CIFAR-10", root, _CIFAR_HELP.format(root=root), None)
 
 
-def _cifar_export_folder(root: Path, split: str) -> Path | None:
-    """The ``<split>/`` folder of a CIFAR-10 image export, unzipping one if only the zip is there."""
+def _cifar_export(root: Path, split: str) -> Path | None:
+    """The ``<split>/`` folder of a CIFAR-10 image export, or the zip that holds one."""
     for base in (root / "cifar10-images", root / "cifar10", root):
-        if (base / split).is_dir() and any((base / split / c).is_dir() for c in CIFAR10_CLASSES):
+        if (base / split).is_dir():
             return base / split
     for base in (root / "cifar10-images", root):
-        archive = base / f"cifar10-{split}-jpg.zip"
-        if archive.exists():
-            if not os.access(base, os.W_OK):
-                raise DatasetNotFoundError(
-                    f"found {archive} but cannot unzip it: {base} is read-only. Unzip it into a writable "
-                    f"data root (e.g. `unzip {archive} -d <root>/cifar10-images`) and set {DATA_ROOT_ENV}."
-                )
-            with zipfile.ZipFile(archive) as zf:
-                zf.extractall(base)
-            return base / split
+        if (base / f"cifar10-{split}-jpg.zip").exists():
+            return base / f"cifar10-{split}-jpg.zip"
     return None
 
 
-def _load_cifar_export(folder: Path, split: str) -> TensorImageDataset:
-    cache = folder.parent / f".{split}_uint8.npz"
-    if cache.exists():
-        with np.load(cache) as z:
-            return TensorImageDataset(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]), name=f"cifar10-{split}")
-    unknown = sorted(d.name for d in folder.iterdir() if d.is_dir() and d.name.lower() not in CIFAR10_CLASSES)
+def _load_cifar_export(source: Path, split: str) -> TensorImageDataset:
+    """Decode an image export, ``<split>/<class>/*.jpg``, from its folder or straight from its zip
+    (nothing is extracted or written: the data root may be read-only)."""
+    archive = zipfile.ZipFile(source) if source.suffix == ".zip" else None
+    if archive is not None:
+        names = [n for n in archive.namelist() if n.startswith(f"{split}/") and n.lower().endswith(IMAGE_EXTENSIONS)]
+        entries = [(n, n.split("/")[1]) for n in sorted(names) if n.count("/") == 2]
+    else:
+        entries = [(p, p.parent.name) for p in sorted(source.glob("*/*")) if p.suffix.lower() in IMAGE_EXTENSIONS]
+    unknown = sorted({cls for _, cls in entries if cls.lower() not in CIFAR10_CLASSES})
+    if not archive and source.is_dir():
+        unknown = sorted(set(unknown) | {d.name for d in source.iterdir() if d.is_dir() and d.name.lower() not in CIFAR10_CLASSES})
     if unknown:
         raise DatasetNotFoundError(
-            f"{folder} has class folders that are not CIFAR-10's: {unknown}; expected {list(CIFAR10_CLASSES)}"
+            f"{source} has class folders that are not CIFAR-10's: {unknown}; expected {list(CIFAR10_CLASSES)}"
         )
-    paths, labels = [], []
-    for label, cls in enumerate(CIFAR10_CLASSES):
-        for p in sorted((folder / cls).glob("*")) if (folder / cls).is_dir() else []:
-            if p.suffix.lower() in IMAGE_EXTENSIONS:
-                paths.append(p)
-                labels.append(label)
-    if not paths:
-        raise DatasetNotFoundError(f"no images under {folder}/<class>/")
-    images, failed = _decode_files(paths, 3, (32, 32), f"decoding cifar10 {split}")
-    if failed:
-        raise DatasetNotFoundError(f"{len(failed)} CIFAR-10 images could not be decoded, e.g. {paths[failed[0]]}")
-    label_tensor = torch.tensor(labels, dtype=torch.long)
-    if os.access(folder.parent, os.W_OK):  # decoding 50,000 JPEGs takes a while: keep the result
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, images=images.numpy(), labels=label_tensor.numpy())
-        os.replace(tmp, cache)
-    return TensorImageDataset(images, label_tensor, name=f"cifar10-{split}")
+    if not entries:
+        raise DatasetNotFoundError(f"no images under {source}/<class>/.\n" + _CIFAR_HELP.format(root=source.parent.parent))
+    entries.sort(key=lambda e: (CIFAR10_CLASSES.index(e[1].lower()), str(e[0])))
+    images = torch.empty((len(entries), 3, 32, 32), dtype=torch.uint8)
+    from tqdm.auto import tqdm
+
+    try:
+        for i, (entry, _) in enumerate(tqdm(entries, desc=f"decoding cifar10 {split}", leave=False)):
+            src = io.BytesIO(archive.read(entry)) if archive is not None else entry
+            with Image.open(src) as img:
+                images[i] = _image_to_uint8(img, 3, (32, 32))
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise DatasetNotFoundError(f"could not decode CIFAR-10 image {entry} in {source}: {err}") from err
+    finally:
+        if archive is not None:
+            archive.close()
+    labels = torch.tensor([CIFAR10_CLASSES.index(cls.lower()) for _, cls in entries], dtype=torch.long)
+    return TensorImageDataset(images, labels, name=f"cifar10-{split}")
 
 
 def _load_cifar10_exact(root: Path, split: str) -> TensorImageDataset:

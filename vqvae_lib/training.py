@@ -308,6 +308,8 @@ def train(
             done = step + 1
             if eval_loader is not None and eval_every and done % eval_every == 0 and done < steps:
                 history["eval"].append({"step": done, **evaluate(model, eval_loader, dev)})
+                if progress and _is_main_process():
+                    bar.write(_format_eval(history["eval"][-1], time.perf_counter() - t0))
                 model.train()
             if checkpoint_every and done % checkpoint_every == 0:
                 checkpoint(done)
@@ -325,8 +327,17 @@ def train(
     if eval_loader is not None and not interrupted:
         final_eval = {"step": step, **evaluate(model, eval_loader, dev)}
         history["eval"].append(final_eval)
+        if progress and _is_main_process():
+            print(_format_eval(final_eval, seconds))
     checkpoint(step)
     return TrainResult(history, step, seconds, interrupted, final_eval, checkpoint_path)
+
+
+def _format_eval(metrics: dict, seconds: float) -> str:
+    return (
+        f"step {metrics['step']:>6} | {seconds:7.1f} s | test mse {metrics['mse']:.5f} nmse {metrics['nmse']:.4f} "
+        f"psnr {metrics['psnr']:.2f} dB | perplexity {metrics['perplexity']:.1f} | codes used {metrics['codes_used']}"
+    )
 
 
 def _is_main_process() -> bool:
