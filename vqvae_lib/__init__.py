@@ -3,7 +3,15 @@
     from vqvae_lib import VQVAE, load_dataset, make_loader, train, evaluate
 """
 
-from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    checkpoint_dir,
+    find_checkpoint,
+    load_checkpoint,
+    pretrained_dir,
+    read_checkpoint,
+    save_checkpoint,
+)
 from .data import (
     DATA_ROOT_ENV,
     BatchLoader,
@@ -43,7 +51,7 @@ __all__ = [
     "BatchLoader", "CheckpointError", "DATA_ROOT_ENV", "DatasetNotFoundError", "Decoder", "Encoder",
     "FAST_ENV", "ImageFolderDataset", "QuantizerOutput", "ResidualBlock", "ResidualStack",
     "TensorImageDataset", "TrainConfig", "TrainResult", "VQVAE", "VectorQuantizer", "VectorQuantizerEMA",
-    "codes_used", "data_root", "dataset_variance", "evaluate", "fast_mode", "interpolate_latents", "kmeans",
+    "checkpoint_dir", "codes_used", "data_root", "find_checkpoint", "pretrained_dir", "dataset_variance", "evaluate", "fast_mode", "interpolate_latents", "kmeans",
     "load_checkpoint", "load_dataset", "loss_terms", "make_loader", "nearest_code", "nmse", "perplexity",
     "pick_device", "psnr", "read_checkpoint", "save_checkpoint", "save_gif", "seed_everything",
     "squared_distances", "train",

@@ -14,9 +14,26 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "save_checkpoint", "read_checkpoint", "load_checkpoint", "register_model_class"]
+__all__ = [
+    "CHECKPOINT_DIR_ENV",
+    "CheckpointError",
+    "checkpoint_dir",
+    "find_checkpoint",
+    "load_checkpoint",
+    "pretrained_dir",
+    "read_checkpoint",
+    "register_model_class",
+    "save_checkpoint",
+]
 
 FORMAT = "vqvae_lib.checkpoint/1"
+CHECKPOINT_DIR_ENV = "VQVAE_CHECKPOINT_DIR"
+# which notebook trains the model that find_checkpoint(name) looks for
+MADE_BY = {
+    "mnist": "04_mnist.ipynb",
+    "cifar10": "05_cifar10.ipynb",
+    "food101": "06_food101_and_your_own_images.ipynb",
+}
 _MODEL_CLASSES: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -28,6 +45,39 @@ def register_model_class(cls: type) -> type:
     """Let checkpoints rebuild instances of ``cls`` (which must have a ``config`` dict of its init args)."""
     _MODEL_CLASSES[cls.__name__] = cls
     return cls
+
+
+def checkpoint_dir() -> Path:
+    """Where the notebooks save the models they train: ``VQVAE_CHECKPOINT_DIR`` or ``data/checkpoints``."""
+    from .data import project_dir
+
+    env = os.environ.get(CHECKPOINT_DIR_ENV)
+    return Path(env).expanduser() if env else project_dir() / "data" / "checkpoints"
+
+
+def pretrained_dir() -> Path:
+    """The checkpoints committed with the repository (``data/pretrained``), trained in full mode."""
+    from .data import project_dir
+
+    return project_dir() / "data" / "pretrained"
+
+
+def find_checkpoint(name: str, prefer: str = "own") -> Path:
+    """``<name>.pt`` from your own runs (:func:`checkpoint_dir`) or the committed pretrained ones.
+
+    ``prefer="own"`` takes your run when there is one, ``"pretrained"`` the committed one. A missing
+    checkpoint raises ``FileNotFoundError`` naming the notebook that makes it.
+    """
+    own, pretrained = checkpoint_dir() / f"{name}.pt", pretrained_dir() / f"{name}.pt"
+    order = [own, pretrained] if prefer == "own" else [pretrained, own]
+    for path in order:
+        if path.exists():
+            return path
+    notebook = MADE_BY.get(name, "the notebook that trains it")
+    raise FileNotFoundError(
+        f"no checkpoint '{name}': looked for {own} and {pretrained}. Run notebooks/{notebook} "
+        f"to train it (fast mode takes about a minute)."
+    )
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

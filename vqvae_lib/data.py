@@ -38,6 +38,7 @@ __all__ = [
     "CIFAR10_CLASSES",
     "DatasetNotFoundError",
     "data_root",
+    "project_dir",
     "load_dataset",
     "TensorImageDataset",
     "ImageFolderDataset",
@@ -65,10 +66,16 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     env = os.environ.get(DATA_ROOT_ENV)
     if env:
         return Path(env).expanduser().resolve()
+    return project_dir() / "data"
+
+
+def project_dir() -> Path:
+    """The repository this package was installed from (editable install), or
+    ``~/.cache/vqvae_lib`` when it was installed as a plain package."""
     repo = Path(__file__).resolve().parent.parent
-    if (repo / "pyproject.toml").exists():
-        return repo / "data"
-    return Path.home() / ".cache" / "vqvae_lib" / "data"
+    if (repo / "pyproject.toml").exists() and (repo / "vqvae_lib").is_dir():
+        return repo
+    return Path.home() / ".cache" / "vqvae_lib"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,7 +509,7 @@ def load_dataset(
         ds = _load_cifar10_exact(base, split)
     elif name == "food101":
         food = _load_food101(base, split, download, size or (64, 64), channels or 3)
-        return food.to_tensor_dataset() if in_memory else food
+        return food.to_tensor_dataset() if in_memory or (in_memory is None and len(food) <= 20_000) else food
     else:
         raise ValueError(f"unknown dataset {name!r}; choose mnist, cifar10, cifar10-exact, food101 or folder")
 

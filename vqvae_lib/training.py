@@ -105,12 +105,12 @@ class TrainConfig:
         presets = {
             "mnist": cls(dataset="mnist", in_channels=1, embedding_dim=16, num_embeddings=128),
             "cifar10": cls(
-                dataset="cifar10", in_channels=3, hidden_channels=128, embedding_dim=64, num_embeddings=512,
-                batch_size=64, steps=6000, steps_fast=150, lr=1e-3, eval_every=1000,
+                dataset="cifar10", in_channels=3, hidden_channels=64, embedding_dim=64, num_embeddings=512,
+                batch_size=64, steps=6000, steps_fast=150, lr=2e-3, eval_every=1000,
             ),
             "food101": cls(
-                dataset="food101", image_size=64, in_channels=3, hidden_channels=128, embedding_dim=64,
-                num_embeddings=512, batch_size=32, steps=3000, steps_fast=100, lr=1e-3, eval_every=500,
+                dataset="food101", image_size=64, in_channels=3, hidden_channels=64, embedding_dim=64,
+                num_embeddings=512, batch_size=32, steps=2500, steps_fast=100, lr=2e-3, eval_every=500,
             ),
         }  # fmt: skip
         presets["folder"] = replace(presets["food101"], dataset="folder")
@@ -348,12 +348,17 @@ def _is_main_process() -> bool:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: Iterable | Dataset, device: str | torch.device | None = None, max_batches: int | None = None
-) -> dict[str, float]:
+    model: nn.Module,
+    loader: Iterable | Dataset,
+    device: str | torch.device | None = None,
+    max_batches: int | None = None,
+    histogram: bool = False,
+) -> dict[str, Any]:
     """Reconstruction and codebook metrics over a whole loader (or dataset).
 
     Returns ``mse``, ``nmse`` (MSE / variance of these images), ``psnr`` (dB, from the pooled MSE),
-    ``perplexity`` and ``codes_used`` (over all codes chosen for these images).
+    ``perplexity`` and ``codes_used`` (over all codes chosen for these images); with
+    ``histogram=True`` also ``histogram``, the ``(K,)`` count of each code over these images.
     """
     loader = _as_loader(loader, 256, False, 0)
     core = getattr(model, "module", model)
@@ -380,10 +385,13 @@ def evaluate(
         raise ValueError("the evaluation loader yielded no images")
     mse = sse / total
     variance = sum_x2 / total - (sum_x / total) ** 2
-    return {
+    metrics: dict[str, Any] = {
         "mse": mse,
         "nmse": nmse(mse, variance),
         "psnr": psnr(mse),
         "perplexity": perplexity(counts),
         "codes_used": codes_used(counts),
     }
+    if histogram:
+        metrics["histogram"] = counts
+    return metrics

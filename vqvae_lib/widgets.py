@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .interpolation import frames_to_uint8
 
-__all__ = ["frames_to_png", "InterpolationScrubber"]
+__all__ = ["frames_to_png", "InterpolationScrubber", "InterpolationExplorer"]
 
 
 def frames_to_png(frames: Tensor, scale: int = 4) -> list[bytes]:
@@ -58,6 +58,61 @@ class InterpolationScrubber:
         t = self.slider.value
         self.image.value = self.pngs[t]
         self.label.value = f"frame {t} of {len(self.pngs) - 1}  (alpha = {t / max(1, len(self.pngs) - 1):.2f})"
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class InterpolationExplorer:
+    """Choose a model, two images and the interpolation space; scrub the path with the slider.
+
+    ``sources`` maps a name to ``(model, dataset)``. Each change of the controls decodes the whole
+    path once (one batched call) and hands the frames to an :class:`InterpolationScrubber`; moving
+    the slider never runs the model.
+    """
+
+    def __init__(self, sources: dict, steps: int = 16, scale: int | None = None) -> None:
+        import ipywidgets as widgets
+
+        from .interpolation import interpolate_latents
+
+        if not sources:
+            raise ValueError("no models to explore: train one with notebooks 04-06 first")
+        self._interpolate = interpolate_latents
+        self.sources = sources
+        self.steps = steps
+        first = next(iter(sources))
+        n = len(sources[first][1])
+        self.model_choice = widgets.Dropdown(options=list(sources), value=first, description="model")
+        self.index_a = widgets.BoundedIntText(value=0, min=0, max=n - 1, description="image A")
+        self.index_b = widgets.BoundedIntText(value=1, min=0, max=n - 1, description="image B")
+        self.space = widgets.ToggleButtons(options=["continuous", "quantized"], value="continuous", description="space")
+        self.scale = scale
+        self.scrubber = InterpolationScrubber(self._frames(), scale=self._scale())
+        for control in (self.model_choice, self.index_a, self.index_b, self.space):
+            control.observe(self._update, names="value")
+        self.widget = widgets.VBox(
+            [widgets.HBox([self.model_choice, self.space]), widgets.HBox([self.index_a, self.index_b]), self.scrubber.widget]
+        )
+
+    def _scale(self) -> int:
+        if self.scale:
+            return self.scale
+        _, dataset = self.sources[self.model_choice.value]
+        return max(1, 160 // dataset[0][0].shape[-1])
+
+    def _frames(self) -> Tensor:
+        model, dataset = self.sources[self.model_choice.value]
+        x_a, x_b = dataset[self.index_a.value][0], dataset[self.index_b.value][0]
+        return self._interpolate(model, x_a, x_b, self.steps, self.space.value)
+
+    def _update(self, change: dict | None = None) -> None:
+        _, dataset = self.sources[self.model_choice.value]
+        self.index_a.max = self.index_b.max = len(dataset) - 1
+        self.scrubber.scale = self._scale()
+        self.scrubber.set_frames(self._frames())
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

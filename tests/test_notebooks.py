@@ -1,0 +1,82 @@
+"""The notebook series: every notebook runs end to end in fast mode on real data, and the committed
+ones are executed in full mode and clean."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from vqvae_lib.notebooks import execute_notebook, notebook_paths
+
+NOTEBOOKS = notebook_paths()
+TRAINING = {"03", "04", "05", "06"}  # notebooks that train VQ-VAEs and must print test metrics
+EVAL_LINE = re.compile(r"step\s+(\d+) \|\s+[\d.]+ s \| test mse ([\d.]+) nmse ([\d.]+)")
+
+
+def _text(nb) -> str:
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            parts.append(out.get("text", ""))
+            parts.append(out.get("data", {}).get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def _pngs(nb) -> int:
+    return sum("image/png" in out.get("data", {}) for cell in nb.cells for out in cell.get("outputs", []))
+
+
+def test_the_series_is_complete():
+    names = [p.name for p in NOTEBOOKS]
+    assert [n[:2] for n in names] == ["01", "02", "03", "04", "05", "06", "07"], names
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, monkeypatch_module):
+    out = tmp_path_factory.mktemp("notebooks")
+    monkeypatch_module.setenv("VQVAE_CHECKPOINT_DIR", str(out / "checkpoints"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_in_fast_mode(path: Path, run_dir: Path):
+    nb = execute_notebook(path, fast=True, output=run_dir / path.name, timeout=900)
+    text = _text(nb)
+    assert "fast mode: True" in text
+    assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
+    assert _pngs(nb) >= 1, "no figure was drawn"
+    if path.name[:2] in TRAINING:
+        evals = [(int(s), float(n)) for s, _, n in EVAL_LINE.findall(text)]
+        assert evals, "the notebook printed no test evaluation: did it train?"
+        assert max(s for s, _ in evals) >= 30
+        assert all(0 < n < 1.0 for _, n in evals), "test NMSE not below 1: the model learned nothing"
+    if path.name.startswith("07"):
+        gifs = list((run_dir / "interpolations").glob("*.gif"))
+        assert {g.stem for g in gifs} >= {"mnist_interpolation"}, gifs
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_committed_notebook_is_executed_in_full_mode_and_clean(path: Path):
+    raw = json.loads(path.read_text())
+    nb = nbformat.reads(path.read_text(), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.get("execution_count") is None for c in code), "execution counts left in"
+    assert all(o.get("execution_count") is None for c in code for o in c.get("outputs", [])), "execution counts left in"
+    assert "widgets" not in raw.get("metadata", {}), "widget state left in"
+    assert not any(o.get("output_type") == "error" for c in code for o in c.get("outputs", []))
+    assert all(c.get("outputs") for c in code if "plt.show()" in c.source), "a figure cell has no output"
+    images = {k for c in code for o in c.get("outputs", []) for k in o.get("data", {}) if k.startswith("image/")}
+    assert images == {"image/png"}, images
+    assert "fast mode: False" in _text(nb), "committed notebooks hold full-mode results"

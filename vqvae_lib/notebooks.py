@@ -1,0 +1,84 @@
+"""Execute the notebook series (the main job), in full or fast mode, and keep them clean.
+
+    python -m vqvae_lib.notebooks                 # full mode, outputs written back into notebooks/
+    python -m vqvae_lib.notebooks --fast 04 07    # fast mode, only 04_* and 07_*
+    python -m vqvae_lib.notebooks --fast --output-dir /tmp/run   # leave notebooks/ untouched
+
+Executed notebooks are cleaned the way they are committed: no execution counts and no widget state
+(outputs kept), so a diff shows only what changed in what a reader sees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from .data import project_dir
+from .training import FAST_ENV
+
+__all__ = ["notebook_paths", "clean_notebook", "execute_notebook"]
+
+
+def notebook_paths(selection: list[str] | None = None) -> list[Path]:
+    """The series in order (``notebooks/NN_*.ipynb``), optionally only those whose name starts with one of ``selection``."""
+    paths = sorted((project_dir() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if selection:
+        paths = [p for p in paths if any(p.name.startswith(s) for s in selection)]
+    return paths
+
+
+def clean_notebook(nb):
+    """Drop execution counts and stored widget state, keep outputs (nbstripout --keep-output style)."""
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        cell.execution_count = None
+        cell.metadata.pop("execution", None)
+        for output in cell.get("outputs", []):
+            if "execution_count" in output:
+                output["execution_count"] = None
+    return nb
+
+
+def execute_notebook(path: Path, fast: bool, output: Path | None = None, timeout: int = 3600):
+    """Run a notebook top to bottom in its own folder; raises on the first failing cell."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    previous = os.environ.get(FAST_ENV)
+    os.environ[FAST_ENV] = "1" if fast else "0"  # the kernel inherits this process's environment
+    try:
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+        client.execute()
+    finally:
+        if previous is None:
+            os.environ.pop(FAST_ENV, None)
+        else:
+            os.environ[FAST_ENV] = previous
+    clean_notebook(nb)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, output)
+    return nb
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("select", nargs="*", help="notebook name prefixes (default: all)")
+    parser.add_argument("--fast", action="store_true", help="fast mode: a few hundred steps each")
+    parser.add_argument("--output-dir", type=Path, default=None, help="write executed notebooks here instead of in place")
+    args = parser.parse_args()
+    for path in notebook_paths(args.select):
+        out = (args.output_dir / path.name) if args.output_dir else path
+        t0 = time.perf_counter()
+        print(f"running {path.name} ({'fast' if args.fast else 'full'} mode) ...", flush=True)
+        execute_notebook(path, args.fast, out)
+        print(f"  done in {time.perf_counter() - t0:.0f} s -> {out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
