@@ -1,0 +1,40 @@
+"""Save each notebook's key figure as a thumbnail for the README (run after executing the notebooks).
+
+    python model_visualisation/make_thumbnails.py
+
+The figures are the PNG outputs the notebooks' own code drew on real data; this only picks one per
+notebook and scales it down.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import nbformat
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+NOTEBOOKS = HERE.parent / "notebooks"
+# which PNG output (in order of appearance) is each notebook's key figure
+KEY_FIGURE = {"01": 0, "02": 0, "03": 0, "04": 2, "05": 2, "06": 3, "07": 0}
+
+
+def main(width: int = 480) -> None:
+    for path in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        pngs = [o["data"]["image/png"] for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+        index = KEY_FIGURE.get(path.name[:2], 0)
+        if index >= len(pngs):
+            print(f"{path.name}: no figure {index} (run the notebook first)")
+            continue
+        image = Image.open(io.BytesIO(base64.b64decode(pngs[index]))).convert("RGB")
+        image.thumbnail((width, width * 2))
+        out = HERE / f"{path.stem}.png"
+        image.save(out, optimize=True)
+        print(f"{out.relative_to(HERE.parent)} {image.size}")
+
+
+if __name__ == "__main__":
+    main()
