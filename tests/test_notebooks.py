@@ -15,6 +15,7 @@ from vqvae_lib.notebooks import execute_notebook, notebook_paths
 NOTEBOOKS = notebook_paths()
 TRAINING = {"03", "04", "05", "06"}  # notebooks that train VQ-VAEs and must print test metrics
 EVAL_LINE = re.compile(r"step\s+(\d+) \|\s+[\d.]+ s \| test mse ([\d.]+) nmse ([\d.]+)")
+SUMMARY_LINE = re.compile(r"test NMSE ([\d.]+) \| perplexity")
 
 
 def _text(nb) -> str:
@@ -59,9 +60,14 @@ def test_notebook_runs_in_fast_mode(path: Path, run_dir: Path):
     assert _pngs(nb) >= 1, "no figure was drawn"
     if path.name[:2] in TRAINING:
         evals = [(int(s), float(n)) for s, _, n in EVAL_LINE.findall(text)]
-        assert evals, "the notebook printed no test evaluation: did it train?"
-        assert max(s for s, _ in evals) >= 30
-        assert all(0 < n < 1.0 for _, n in evals), "test NMSE not below 1: the model learned nothing"
+        if evals:  # train()'s own report: "step N | ... | test mse ... nmse ..."
+            assert max(s for s, _ in evals) >= 30
+            nmses = [n for _, n in evals]
+        else:  # notebook 03 compares five quiet runs and prints one "test NMSE" line for each
+            nmses = [float(n) for n in SUMMARY_LINE.findall(text)]
+            assert len(nmses) == 5, "notebook 03 should report its five codebook variants"
+        assert nmses, "the notebook printed no test evaluation: did it train?"
+        assert all(0 < n < 1.0 for n in nmses), "test NMSE not below 1: the model learned nothing"
     if path.name.startswith("07"):
         gifs = list((run_dir / "interpolations").glob("*.gif"))
         assert {g.stem for g in gifs} >= {"mnist_interpolation"}, gifs
