@@ -259,7 +259,8 @@ class ImageFolderDataset(Dataset):
         """Decode every image once into memory; files that fail to decode are skipped with a warning."""
         images, failed = _decode_files(self.paths, self.channels, self.size, f"decoding {self.root.name}")
         self._warn_corrupt([self.paths[i] for i in failed])
-        keep = torch.tensor([i for i in range(len(self.paths)) if i not in set(failed)], dtype=torch.long)
+        bad = set(failed)
+        keep = torch.tensor([i for i in range(len(self.paths)) if i not in bad], dtype=torch.long)
         if len(keep) == 0:
             raise DatasetNotFoundError(f"none of the {len(self.paths)} images in {self.root} could be decoded")
         return TensorImageDataset(images[keep], torch.tensor(self.labels)[keep], name=str(self.root))

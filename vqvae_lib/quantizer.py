@@ -236,8 +236,8 @@ class _QuantizerBase(nn.Module):
         return F.mse_loss(quantized, flat.detach())
 
     def forward(self, z_e: Tensor) -> QuantizerOutput:
-        b, _, h, w = z_e.shape if z_e.dim() == 4 else (0, 0, 0, 0)
         flat = self._flatten(z_e)
+        b, _, h, w = z_e.shape
         if self.training:
             if not bool(self.initialised):
                 self.init_from_data(flat, self.data_init or "random")
