@@ -52,6 +52,7 @@ DATA_ROOT_ENV = "VQVAE_DATA_ROOT"
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
+IN_MEMORY_LIMIT = 20_000  # folders/Food-101 up to this many images are decoded once into memory
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -482,8 +483,8 @@ def load_dataset(
             and folders default to 64.
         channels: 1 or 3; default 1 for MNIST, 3 otherwise.
         download: let torchvision download a missing dataset.
-        in_memory: decode everything once into a uint8 tensor (default: yes, except Food101 and
-            folders with more than 20,000 images).
+        in_memory: decode everything once into a uint8 tensor (default: yes, except Food-101 and
+            folders with more than ``IN_MEMORY_LIMIT`` = 20,000 images).
 
     Raises:
         DatasetNotFoundError: the data is not on disk and cannot be downloaded; the message says
@@ -497,7 +498,7 @@ def load_dataset(
         if root is None:
             raise ValueError("load_dataset('folder', root=...) needs the image folder as root")
         folder = ImageFolderDataset(root, size or (64, 64), channels or 3)
-        if in_memory or (in_memory is None and len(folder) <= 20_000):
+        if in_memory or (in_memory is None and len(folder) <= IN_MEMORY_LIMIT):
             return folder.to_tensor_dataset()
         return folder
 
@@ -510,7 +511,7 @@ def load_dataset(
         ds = _load_cifar10_exact(base, split)
     elif name == "food101":
         food = _load_food101(base, split, download, size or (64, 64), channels or 3)
-        return food.to_tensor_dataset() if in_memory or (in_memory is None and len(food) <= 20_000) else food
+        return food.to_tensor_dataset() if in_memory or (in_memory is None and len(food) <= IN_MEMORY_LIMIT) else food
     else:
         raise ValueError(f"unknown dataset {name!r}; choose mnist, cifar10, cifar10-exact, food101 or folder")
 
