@@ -50,9 +50,9 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchLoader", "CheckpointError", "DATA_ROOT_ENV", "DatasetNotFoundError", "Decoder", "Encoder",
     "FAST_ENV", "ImageFolderDataset", "QuantizerOutput", "ResidualBlock", "ResidualStack",
-    "TensorImageDataset", "TrainConfig", "TrainResult", "VQVAE", "VectorQuantizer", "VectorQuantizerEMA",
-    "checkpoint_dir", "codes_used", "data_root", "find_checkpoint", "pretrained_dir", "dataset_variance", "evaluate", "fast_mode", "interpolate_latents", "kmeans",
-    "load_checkpoint", "load_dataset", "loss_terms", "make_loader", "nearest_code", "nmse", "perplexity",
-    "pick_device", "psnr", "read_checkpoint", "save_checkpoint", "save_gif", "seed_everything",
-    "squared_distances", "train",
+    "TensorImageDataset", "TrainConfig", "TrainResult", "VectorQuantizer", "VectorQuantizerEMA",
+    "VQVAE", "checkpoint_dir", "codes_used", "data_root", "dataset_variance", "evaluate", "fast_mode",
+    "find_checkpoint", "interpolate_latents", "kmeans", "load_checkpoint", "load_dataset", "loss_terms",
+    "make_loader", "nearest_code", "nmse", "perplexity", "pick_device", "pretrained_dir", "psnr",
+    "read_checkpoint", "save_checkpoint", "save_gif", "seed_everything", "squared_distances", "train",
 ]  # fmt: skip

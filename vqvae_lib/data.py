@@ -380,9 +380,10 @@ def _load_cifar_export(source: Path, split: str) -> TensorImageDataset:
         entries = [(n, n.split("/")[1]) for n in sorted(names) if n.count("/") == 2]
     else:
         entries = [(p, p.parent.name) for p in sorted(source.glob("*/*")) if p.suffix.lower() in IMAGE_EXTENSIONS]
-    unknown = sorted({cls for _, cls in entries if cls.lower() not in CIFAR10_CLASSES})
-    if not archive and source.is_dir():
-        unknown = sorted(set(unknown) | {d.name for d in source.iterdir() if d.is_dir() and d.name.lower() not in CIFAR10_CLASSES})
+    class_names = {cls for _, cls in entries}
+    if archive is None:  # empty class folders count too
+        class_names |= {d.name for d in source.iterdir() if d.is_dir()}
+    unknown = sorted(c for c in class_names if c.lower() not in CIFAR10_CLASSES)
     if unknown:
         raise DatasetNotFoundError(
             f"{source} has class folders that are not CIFAR-10's: {unknown}; expected {list(CIFAR10_CLASSES)}"

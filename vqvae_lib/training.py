@@ -318,7 +318,7 @@ def train(
             step = done
     except KeyboardInterrupt:
         interrupted = True
-        step = len(history["step"]) and history["step"][-1]
+        step = history["step"][-1] if history["step"] else start
         bar.write(f"interrupted at step {step}" + (f"; checkpoint saved to {checkpoint_path}" if checkpoint_path else ""))
     finally:
         bar.close()
