@@ -2,11 +2,15 @@
 
     python benchmarks/train.py --dataset mnist
     python benchmarks/train.py --dataset cifar10 --steps 4000 --set hidden_channels=96 batch_size=128
+    python benchmarks/train.py --dataset mnist --prior                # then a PixelCNN prior on its codes
+    python benchmarks/train.py --dataset cifar10 --prior --pretrained # prior only, on the committed VQ-VAE
 
 MNIST is evaluated on its 10,000 test images; CIFAR10 on the 1,000 exact-pixel test images of
 ``cifar10-exact`` when they are in the data root (JPEG test images flatter nothing but also prove
 nothing), otherwise on the regular test split. Prints a line every ``--eval-every`` steps and a
-summary table at the end.
+summary table at the end. With ``--prior`` it then encodes the training and test images and trains
+notebook 8's Gated PixelCNN on the codes (``--prior-steps``, ``--prior-set FIELD=VALUE``), printing
+the encoding time, the prior's training time and its test negative log-likelihood per code.
 """
 
 from __future__ import annotations
@@ -18,7 +22,17 @@ import time
 
 import torch
 
-from vqvae_lib import DatasetNotFoundError, TrainConfig, load_dataset, make_loader, train
+from vqvae_lib import (
+    GatedPixelCNN, TrainConfig, extract_codes, find_checkpoint, load_checkpoint, load_dataset, load_test_set,
+    make_loader, train, train_prior,
+)  # fmt: skip
+
+# notebook 8's priors (08_prior_and_sampling.ipynb: MNIST_PRIOR / CIFAR_PRIOR and their steps)
+PRIOR_SETTINGS = {
+    "mnist": {"channels": 48, "num_layers": 10, "kernel_size": 3, "steps": 1200},
+    "cifar10": {"channels": 48, "num_layers": 10, "kernel_size": 3, "steps": 1500},
+    "food101": {"channels": 48, "num_layers": 10, "kernel_size": 3, "steps": 1500},
+}
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -32,16 +46,6 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def test_set_for(cfg: TrainConfig):
-    if cfg.dataset == "cifar10":
-        try:
-            return load_dataset("cifar10-exact", "test"), "cifar10-exact test (1,000 exact-pixel images)"
-        except DatasetNotFoundError:
-            return load_dataset("cifar10", "test"), "cifar10 test (10,000)"
-    size = cfg.image_size
-    return load_dataset(cfg.dataset, "test", image_size=size, in_memory=True), f"{cfg.dataset} test"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "cifar10", "food101"])
@@ -49,19 +53,32 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override TrainConfig fields")
+    parser.add_argument("--prior", action="store_true", help="then train a PixelCNN prior on the model's codes")
+    parser.add_argument("--pretrained", action="store_true", help="with --prior: skip VQ-VAE training, use data/pretrained")
+    parser.add_argument("--prior-steps", type=int, default=None, help="default: notebook 8's")
+    parser.add_argument("--prior-set", nargs="*", default=[], metavar="FIELD=VALUE", help="override GatedPixelCNN arguments")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     cfg = TrainConfig.preset(args.dataset, **parse_overrides(args.set))
-    steps = args.steps or cfg.steps
-    eval_every = args.eval_every or max(1, steps // 6)
     train_set = load_dataset(cfg.dataset, "train", image_size=cfg.image_size, in_memory=True)
-    test_set, test_name = test_set_for(cfg)
+    test_set, test_name = load_test_set(cfg.dataset, image_size=cfg.image_size)
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"config: {cfg}")
     print(f"train {len(train_set)} images, eval on {test_name}")
 
+    if args.prior and args.pretrained:
+        model = load_checkpoint(find_checkpoint(cfg.dataset, prefer="pretrained"))
+        print(f"VQ-VAE: the committed {find_checkpoint(cfg.dataset, prefer='pretrained')}")
+    else:
+        model = train_vqvae(cfg, train_set, test_set, args.steps or cfg.steps, args.eval_every)
+    if args.prior:
+        benchmark_prior(model, cfg.dataset, train_set, test_set, args.prior_steps, parse_overrides(args.prior_set))
+
+
+def train_vqvae(cfg: TrainConfig, train_set, test_set, steps: int, eval_every: int | None):
+    eval_every = eval_every or max(1, steps // 6)
     model = cfg.build_model()
     loader = make_loader(train_set, cfg.batch_size, seed=cfg.seed)
     t0 = time.perf_counter()
@@ -78,7 +95,31 @@ def main() -> None:
         f"{result.steps * cfg.batch_size / result.seconds:.0f} | {final['mse']:.5f} | {final['nmse']:.4f} | "
         f"{final['psnr']:.2f} | {final['perplexity']:.1f} of {cfg.num_embeddings} | {final['codes_used']} |"
     )
+    return model
 
+
+def benchmark_prior(model, dataset: str, train_set, test_set, steps: int | None, overrides: dict) -> None:
+    settings = {**PRIOR_SETTINGS[dataset], **overrides}
+    steps = steps or settings.pop("steps")
+    settings.pop("steps", None)
+    t0 = time.perf_counter()
+    codes, labels = extract_codes(model, train_set, progress=False)
+    test_codes, test_labels = extract_codes(model, test_set, progress=False)
+    encode_s = time.perf_counter() - t0
+    k = model.quantizer.num_embeddings
+    torch.manual_seed(0)
+    prior = GatedPixelCNN(k, tuple(codes.shape[1:]), num_classes=int(labels.max()) + 1, **settings)
+    print(f"\nprior: {sum(p.numel() for p in prior.parameters()):,} parameters, {settings}, {steps} steps of 128 grids")
+    result = train_prior(prior, codes, labels, steps=steps, batch_size=128, lr=2e-3, eval_codes=(test_codes, test_labels),
+                         eval_every=max(1, steps // 5), progress=False)  # fmt: skip
+    final = result.final_eval
+    print("\n| dataset | grid | K | encode s | prior steps | prior train s | grids/s | test NLL nats | bits per code | log K nats |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        f"| {dataset} | {codes.shape[1]}x{codes.shape[2]} | {k} | {encode_s:.0f} | {result.steps} | {result.seconds:.0f} | "
+        f"{result.steps * 128 / result.seconds:.0f} | {final['nll_nats']:.3f} | {final['bits_per_code']:.3f} | "
+        f"{final['uniform_nats']:.3f} |"
+    )
 
 if __name__ == "__main__":
     main()

@@ -18,7 +18,7 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 NOTEBOOKS = HERE.parent / "notebooks"
 # which PNG output (in order of appearance) is each notebook's key figure
-KEY_FIGURE = {"01": 0, "02": 0, "03": 0, "04": 2, "05": 2, "06": 3, "07": 0}
+KEY_FIGURE = {"01": 0, "02": 0, "03": 0, "04": 2, "05": 2, "06": 3, "07": 0, "08": 3}
 
 
 def main(width: int = 480) -> None:

@@ -297,6 +297,10 @@ def test_batch_loader_shards_are_disjoint():
     shards = [sum((y.tolist() for _, y in make_loader(ds, 8, seed=1, rank=r, world_size=2)), []) for r in range(2)]
     assert not set(shards[0]) & set(shards[1])
     assert len(shards[0]) == len(shards[1]) == 32
+    # together the ranks see exactly the single-process batches of 2 x 8, in the same order
+    single = [y.tolist() for _, y in make_loader(ds, 16, seed=1)]
+    per_rank = [[y.tolist() for _, y in make_loader(ds, 8, seed=1, rank=r, world_size=2)] for r in range(2)]
+    assert [a + b for a, b in zip(*per_rank)] == single
 
 
 def test_batch_larger_than_dataset_is_refused():

@@ -16,6 +16,7 @@ NOTEBOOKS = notebook_paths()
 TRAINING = {"03", "04", "05", "06"}  # notebooks that train VQ-VAEs and must print test metrics
 EVAL_LINE = re.compile(r"step\s+(\d+) \|\s+[\d.]+ s \| test mse ([\d.]+) nmse ([\d.]+)")
 SUMMARY_LINE = re.compile(r"test NMSE ([\d.]+) \| perplexity")
+PRIOR_LINE = re.compile(r"test NLL ([\d.]+) nats = [\d.]+ bits per code\s+\(uniform prior: log K = ([\d.]+) nats")
 
 
 def _text(nb) -> str:
@@ -33,7 +34,7 @@ def _pngs(nb) -> int:
 
 def test_the_series_is_complete():
     names = [p.name for p in NOTEBOOKS]
-    assert [n[:2] for n in names] == ["01", "02", "03", "04", "05", "06", "07"], names
+    assert [n[:2] for n in names] == ["01", "02", "03", "04", "05", "06", "07", "08"], names
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,10 @@ def test_notebook_runs_in_fast_mode(path: Path, run_dir: Path):
             assert len(nmses) == 5, "notebook 03 should report its five codebook variants"
         assert nmses, "the notebook printed no test evaluation: did it train?"
         assert all(0 < n < 1.0 for n in nmses), "test NMSE not below 1: the model learned nothing"
+    if path.name.startswith("08"):  # two priors trained: both beat the uniform prior on test codes
+        priors = [(float(nll), float(log_k)) for nll, log_k in PRIOR_LINE.findall(text)]
+        assert len(priors) == 2, "notebook 08 should report the MNIST and CIFAR10 priors' test NLL"
+        assert all(nll < log_k for nll, log_k in priors), priors
     if path.name.startswith("07"):
         gifs = list((run_dir / "interpolations").glob("*.gif"))
         assert {g.stem for g in gifs} >= {"mnist_interpolation"}, gifs

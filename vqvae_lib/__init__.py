@@ -21,11 +21,13 @@ from .data import (
     data_root,
     dataset_variance,
     load_dataset,
+    load_test_set,
     make_loader,
 )
 from .interpolation import interpolate_latents, save_gif
 from .metrics import codes_used, nmse, perplexity, psnr
 from .model import VQVAE, Decoder, Encoder, ResidualBlock, ResidualStack, loss_terms
+from .prior import GatedPixelCNN, evaluate_prior, extract_codes, sample, sample_indices, train_prior
 from .quantizer import (
     QuantizerOutput,
     VectorQuantizer,
@@ -49,10 +51,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchLoader", "CheckpointError", "DATA_ROOT_ENV", "DatasetNotFoundError", "Decoder", "Encoder",
-    "FAST_ENV", "ImageFolderDataset", "QuantizerOutput", "ResidualBlock", "ResidualStack",
-    "TensorImageDataset", "TrainConfig", "TrainResult", "VectorQuantizer", "VectorQuantizerEMA",
-    "VQVAE", "checkpoint_dir", "codes_used", "data_root", "dataset_variance", "evaluate", "fast_mode",
-    "find_checkpoint", "interpolate_latents", "kmeans", "load_checkpoint", "load_dataset", "loss_terms",
-    "make_loader", "nearest_code", "nmse", "perplexity", "pick_device", "pretrained_dir", "psnr",
-    "read_checkpoint", "save_checkpoint", "save_gif", "seed_everything", "squared_distances", "train",
+    "FAST_ENV", "GatedPixelCNN", "ImageFolderDataset", "QuantizerOutput", "ResidualBlock", "ResidualStack",
+    "TensorImageDataset", "TrainConfig", "TrainResult", "VQVAE", "VectorQuantizer", "VectorQuantizerEMA",
+    "checkpoint_dir", "codes_used", "data_root", "dataset_variance", "evaluate", "evaluate_prior",
+    "extract_codes", "fast_mode", "find_checkpoint", "interpolate_latents", "kmeans", "load_checkpoint",
+    "load_dataset", "load_test_set", "loss_terms", "make_loader", "nearest_code", "nmse", "perplexity",
+    "pick_device", "pretrained_dir", "psnr", "read_checkpoint", "sample", "sample_indices", "save_checkpoint",
+    "save_gif", "seed_everything", "squared_distances", "train", "train_prior",
 ]  # fmt: skip

@@ -33,6 +33,8 @@ MADE_BY = {
     "mnist": "04_mnist.ipynb",
     "cifar10": "05_cifar10.ipynb",
     "food101": "06_food101_and_your_own_images.ipynb",
+    "mnist_prior": "08_prior_and_sampling.ipynb",
+    "cifar10_prior": "08_prior_and_sampling.ipynb",
 }
 _MODEL_CLASSES: dict[str, Callable[..., nn.Module]] = {}
 

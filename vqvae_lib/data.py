@@ -40,6 +40,7 @@ __all__ = [
     "data_root",
     "project_dir",
     "load_dataset",
+    "load_test_set",
     "TensorImageDataset",
     "ImageFolderDataset",
     "BatchLoader",
@@ -524,6 +525,28 @@ def load_dataset(
     return ds
 
 
+def load_test_set(
+    name: str, root: str | os.PathLike | None = None, image_size: int | Sequence[int] | None = None
+) -> tuple[Dataset, str]:
+    """The test images the series reports metrics on, and a description of them.
+
+    For CIFAR10 these are the exact-pixel test images of ``cifar10-exact`` when the data root has
+    them (the JPEG export's compression would flatter the scores), otherwise the regular test split.
+    Other datasets give their ``"test"`` split (Food-101 and folders at ``image_size``, default 64).
+    """
+    name = name.lower().replace("_", "-")
+    if name == "cifar10":
+        try:
+            exact = load_dataset("cifar10-exact", "test", root=root)
+            return exact, f"cifar10-exact test ({len(exact):,} exact-pixel images)"
+        except DatasetNotFoundError:
+            pass
+    if name in ("food101", "folder"):
+        image_size = image_size or 64
+    ds = load_dataset(name, "test", root=root, image_size=image_size)
+    return ds, f"{name} test ({len(ds):,} images)"
+
+
 def _to_gray(images: Tensor) -> Tensor:
     weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
     return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
@@ -550,7 +573,10 @@ class BatchLoader:
     ``DistributedSampler.set_epoch``), so a run resumed at any step sees the same batches as an
     uninterrupted one. In-memory datasets are sliced directly (one uint8->float conversion per
     batch); other datasets go through a ``DataLoader`` with ``num_workers`` processes.
-    ``rank``/``world_size`` give each process of a distributed run a disjoint shard of every epoch.
+    ``rank``/``world_size`` shard every epoch over the processes of a distributed run: ``batch_size``
+    is per process, and batch ``i`` of rank ``r`` is slice ``r`` of the single-process batch ``i`` of
+    ``batch_size * world_size`` images, so that ``W`` processes together see exactly the batches one
+    process would (which is what lets distributed training match single-process training).
     """
 
     dataset: Dataset
@@ -574,27 +600,26 @@ class BatchLoader:
             )
 
     def __len__(self) -> int:
-        per_rank = len(self.dataset) // self.world_size
-        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+        n, global_batch = len(self.dataset), self.batch_size * self.world_size
+        return n // global_batch if self.drop_last else -(-n // global_batch)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
-    def _order(self) -> Tensor:
+    def _batches(self) -> list[Tensor]:
         n = len(self.dataset)
         if self.shuffle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         else:
             order = torch.arange(n)
-        per_rank = n // self.world_size
-        return order[self.rank * per_rank : (self.rank + 1) * per_rank]
+        b = self.batch_size
+        batches = [chunk[self.rank * b : (self.rank + 1) * b] for chunk in torch.split(order, b * self.world_size)]
+        if self.drop_last and batches and len(batches[-1]) < b:
+            batches.pop()
+        return [idx for idx in batches if len(idx)]
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        order = self._order()
-        batches = list(torch.split(order, self.batch_size))
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
-            batches.pop()
-        batches = batches[self.start_batch :]
+        batches = self._batches()[self.start_batch :]
         self.start_batch = 0
         if isinstance(self.dataset, TensorImageDataset):
             images, labels = self.dataset.images, self.dataset.labels

@@ -111,6 +111,15 @@ def _all_reduce_sum(t: Tensor) -> Tensor:
     return t
 
 
+def _all_gather_rows(flat: Tensor) -> Tensor:
+    """Every rank's rows, concatenated in rank order (as one process would hold the whole batch)."""
+    if not _distributed():
+        return flat
+    parts = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, flat.contiguous())
+    return torch.cat(parts)
+
+
 def _broadcast(t: Tensor) -> Tensor:
     if _distributed():
         dist.broadcast(t, src=0)
@@ -177,6 +186,7 @@ class _QuantizerBase(nn.Module):
     def init_from_data(self, z_e: Tensor, method: str = "kmeans") -> None:
         """Set every code from encoder outputs ``z_e`` (``(B, D, H, W)`` or ``(N, D)``)."""
         flat = self._flatten(z_e).detach().float() if z_e.dim() == 4 else z_e.detach().float()
+        flat = _all_gather_rows(flat)  # distributed: initialise from the whole global batch
         if method == "kmeans":
             vectors = kmeans(flat, self.num_embeddings, self.kmeans_iterations)
         elif method == "random":
@@ -197,7 +207,7 @@ class _QuantizerBase(nn.Module):
         dead = torch.nonzero(self.steps_unused >= threshold).flatten()
         if dead.numel() == 0:
             return 0
-        flat = self._flatten(z_e).detach() if z_e.dim() == 4 else z_e.detach()
+        flat = _all_gather_rows(self._flatten(z_e).detach() if z_e.dim() == 4 else z_e.detach())
         vectors = flat[_sample_rows(flat.shape[0], dead.numel(), flat.device, None)]
         vectors = _broadcast(vectors.to(self.codebook.dtype).contiguous())
         self._set_codes(dead, vectors)
@@ -247,7 +257,9 @@ class _QuantizerBase(nn.Module):
         # the (N, K) distance matrix from being kept for backward.
         with torch.no_grad():
             indices = nearest_code(flat.detach().to(self.codebook.dtype), self.codebook)
-            counts = _all_reduce_sum(torch.bincount(indices, minlength=self.num_embeddings))
+            counts = torch.bincount(indices, minlength=self.num_embeddings)
+            if self.training:  # usage and EMA statistics are global; evaluation stays per process
+                counts = _all_reduce_sum(counts)
         quantized = F.embedding(indices, self.codebook).to(flat.dtype)
         if self.training:
             self._track_usage(counts)

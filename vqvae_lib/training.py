@@ -295,7 +295,7 @@ def train(
             optimizer.step()
             scheduler.step()
 
-            logs = {k: float(losses[k].detach()) for k in _TERMS}
+            logs = _mean_over_ranks({k: float(losses[k].detach()) for k in _TERMS})
             history["step"].append(step + 1)
             for k in _TERMS:
                 history[k].append(logs[k])
@@ -340,6 +340,32 @@ def _format_eval(metrics: dict, seconds: float) -> str:
     )
 
 
+def _world() -> tuple[int, int]:
+    """``(rank, world_size)`` of a distributed run, ``(0, 1)`` otherwise."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce_sum(t: Tensor) -> Tensor:
+    import torch.distributed as dist
+
+    if _world()[1] > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def _mean_over_ranks(logs: dict[str, float]) -> dict[str, float]:
+    """The logged loss terms averaged over the processes of a distributed run (one small all-reduce)."""
+    world = _world()[1]
+    if world == 1:
+        return logs
+    values = _all_reduce_sum(torch.tensor(list(logs.values()), dtype=torch.float64)) / world
+    return dict(zip(logs, values.tolist()))
+
+
 def _is_main_process() -> bool:
     import torch.distributed as dist
 
@@ -359,6 +385,8 @@ def evaluate(
     Returns ``mse``, ``nmse`` (MSE / variance of these images), ``psnr`` (dB, from the pooled MSE),
     ``perplexity`` and ``codes_used`` (over all codes chosen for these images); with
     ``histogram=True`` also ``histogram``, the ``(K,)`` count of each code over these images.
+    In a distributed run each process evaluates every ``world_size``-th batch and the sums are
+    all-reduced, so every rank returns the metrics of the whole loader.
     """
     loader = _as_loader(loader, 256, False, 0)
     core = getattr(model, "module", model)
@@ -366,12 +394,15 @@ def evaluate(
     was_training = core.training
     core.eval()
     k = core.quantizer.num_embeddings
+    rank, world = _world()
     sse = total = sum_x = sum_x2 = 0.0
     counts = torch.zeros(k, dtype=torch.long)
     try:
         for i, (x, _) in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
+            if i % world != rank:
+                continue
             x = x.to(dev)
             x_hat, q = core(x)
             sse += float((x_hat.float() - x).pow(2).sum(dtype=torch.float64))
@@ -381,6 +412,10 @@ def evaluate(
             counts += torch.bincount(q.indices.flatten().cpu(), minlength=k)
     finally:
         core.train(was_training)
+    if world > 1:
+        sums = _all_reduce_sum(torch.tensor([sse, total, sum_x, sum_x2], dtype=torch.float64))
+        sse, total, sum_x, sum_x2 = sums.tolist()
+        counts = _all_reduce_sum(counts)
     if total == 0:
         raise ValueError("the evaluation loader yielded no images")
     mse = sse / total

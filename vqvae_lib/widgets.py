@@ -49,6 +49,8 @@ class InterpolationScrubber:
 
     def set_frames(self, frames: Tensor) -> None:
         self.pngs = frames_to_png(frames, self.scale)
+        # a fixed pixel size: unset, JupyterLab stretches the image to the output's full width
+        self.image.width, self.image.height = str(frames.shape[-1] * self.scale), str(frames.shape[-2] * self.scale)
         last = len(self.pngs) - 1
         self.slider.max = self.play.max = last
         self.slider.value = min(self.slider.value, last)

@@ -1,0 +1,163 @@
+"""The Gated PixelCNN prior: causal masking without a blind spot, conditioning, learning, sampling."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vqvae_lib import find_checkpoint, load_checkpoint
+from vqvae_lib.prior import (
+    CausalConv2d,
+    GatedPixelCNN,
+    evaluate_prior,
+    extract_codes,
+    sample,
+    sample_indices,
+    train_prior,
+)
+
+
+def _tiny_prior(num_classes=None, h=5, w=6, k=11, layers=None) -> GatedPixelCNN:
+    torch.manual_seed(0)
+    prior = GatedPixelCNN(k, (h, w), channels=8, num_layers=layers or h + w, num_classes=num_classes).double()
+    return prior.eval()
+
+
+@pytest.mark.parametrize("direction", ["vertical", "horizontal"])
+@pytest.mark.parametrize("exclude_center", [False, True])
+def test_causal_conv_equals_a_masked_full_convolution(direction, exclude_center):
+    torch.manual_seed(0)
+    conv = CausalConv2d(3, 4, 5, direction, exclude_center).double()
+    x = torch.randn(2, 3, 6, 7, dtype=torch.double)
+    # the textbook version: a full kernel with the future zeroed
+    full_shape = (5, 5) if direction == "vertical" else (1, 5)
+    weight = torch.zeros(4, 3, *full_shape, dtype=torch.double)
+    kh, kw = conv.weight.shape[-2:]
+    weight[..., :kh, :kw] = conv.weight
+    padding = (2, 2) if direction == "vertical" else (0, 2)
+    expected = F.conv2d(x, weight, conv.bias, padding=padding)
+    torch.testing.assert_close(conv(x), expected)
+    centre = weight[..., full_shape[0] // 2, 2]
+    assert bool(centre.abs().sum() == 0) == exclude_center
+
+
+@pytest.mark.parametrize("num_classes", [None, 4])
+def test_no_logit_sees_its_own_or_a_later_position_and_there_is_no_blind_spot(num_classes):
+    h, w, k = 5, 6, 11
+    prior = _tiny_prior(num_classes, h, w, k)
+    torch.manual_seed(1)
+    grid = torch.randint(0, k, (1, h, w))
+    labels = torch.tensor([2]) if num_classes else None
+    base = prior(grid, labels)
+    raster = torch.arange(h * w).view(h, w)
+    for i in range(h):
+        for j in range(w):
+            changed = grid.clone()
+            changed[0, i, j] = (changed[0, i, j] + 1) % k
+            diff = (prior(changed, labels) - base).abs().amax(dim=1)[0]  # (h, w)
+            at_or_before = raster <= raster[i, j]
+            assert diff[at_or_before].max() == 0, f"a logit at or before {(i, j)} saw position {(i, j)}"
+            # every later position sees (i, j): the receptive field covers the whole past
+            assert (diff[~at_or_before] > 0).all(), f"blind spot: some later position ignores {(i, j)}"
+
+
+def test_a_shallow_stack_leaves_far_positions_unseen_which_the_default_depth_covers():
+    # with kernel 3 the field grows by one row/column per layer: 2 layers cannot see across 6 columns
+    shallow = _tiny_prior(h=5, w=6, layers=2)
+    grid = torch.zeros(1, 5, 6, dtype=torch.long)
+    changed = grid.clone()
+    changed[0, 0, 5] = 1  # top-right corner
+    assert (shallow(changed) - shallow(grid))[0, :, 4, 0].abs().max() == 0
+    deep = _tiny_prior(h=5, w=6)
+    assert (deep(changed) - deep(grid))[0, :, 4, 0].abs().max() > 0
+
+
+def test_labels_condition_every_position_and_unconditional_first_logits_are_constant():
+    prior = _tiny_prior(num_classes=3)
+    grid = torch.randint(0, 11, (2, 5, 6))
+    a = prior(grid, torch.tensor([0, 0]))
+    b = prior(grid, torch.tensor([1, 1]))
+    assert ((a - b).abs().amax(dim=1) > 0).all()
+    plain = _tiny_prior()
+    first = plain(torch.randint(0, 11, (4, 5, 6)))[:, :, 0, 0]
+    torch.testing.assert_close(first, first[:1].expand_as(first))  # (0, 0) has no past
+
+
+def test_wrong_inputs_give_clear_errors():
+    conditional, plain = _tiny_prior(num_classes=3), _tiny_prior()
+    grid = torch.zeros(1, 5, 6, dtype=torch.long)
+    with pytest.raises(ValueError, match="class-conditional"):
+        conditional(grid)
+    with pytest.raises(ValueError, match="unconditional"):
+        plain(grid, torch.tensor([0]))
+    with pytest.raises(ValueError, match="long indices"):
+        plain(grid.float())
+    with pytest.raises(ValueError, match="temperature"):
+        sample_indices(plain, 2, temperature=0)
+    with pytest.raises(ValueError, match="0 .. 2"):
+        sample_indices(conditional, 2, label=3)
+    with pytest.raises(ValueError, match="pass label"):
+        sample_indices(conditional, 2)
+    with pytest.raises(ValueError, match="kernel_size must be odd"):
+        CausalConv2d(1, 1, 4, "vertical")
+
+
+@pytest.fixture(scope="module")
+def mnist_codes(mnist_small):
+    vqvae = load_checkpoint(find_checkpoint("mnist", prefer="pretrained"))
+    train_set, test_set = mnist_small
+    return vqvae, extract_codes(vqvae, train_set, progress=False), extract_codes(vqvae, test_set, progress=False)
+
+
+def test_extracted_codes_are_the_models_nearest_codes(mnist_small, mnist_codes):
+    vqvae, (codes, labels), _ = mnist_codes
+    x, y = mnist_small[0].images[:8].float() / 255, mnist_small[0].labels[:8]
+    assert codes.shape == (2048, 7, 7) and codes.dtype == torch.long
+    torch.testing.assert_close(codes[:8], vqvae.eval().encode_indices(x))
+    torch.testing.assert_close(labels[:8], y.long())
+
+
+def test_prior_learns_real_codes_below_the_uniform_log_k_and_checkpoints(mnist_codes, tmp_path):
+    vqvae, (codes, labels), (test_codes, test_labels) = mnist_codes
+    k = vqvae.quantizer.num_embeddings
+    torch.manual_seed(0)
+    prior = GatedPixelCNN(k, (7, 7), channels=32, num_layers=8, num_classes=10)
+    before = evaluate_prior(prior, test_codes, test_labels)
+    assert before["uniform_nats"] == pytest.approx(math.log(k))
+    result = train_prior(
+        prior, codes, labels, steps=150, batch_size=64, lr=2e-3, eval_codes=(test_codes, test_labels),
+        device="cpu", checkpoint_path=tmp_path / "prior.pt", extra={"vqvae": "mnist"}, progress=False,
+    )  # fmt: skip
+    after = result.final_eval
+    assert after["nll_nats"] < 0.8 * math.log(k) < before["nll_nats"] * 1.2
+    assert after["bits_per_code"] == pytest.approx(after["nll_nats"] / math.log(2))
+    assert result.history["nll"][-1] < result.history["nll"][0]
+    # the checkpoint rebuilds the same prior with no other arguments
+    loaded = load_checkpoint(result.checkpoint_path)
+    assert isinstance(loaded, GatedPixelCNN) and loaded.config == prior.config
+    torch.testing.assert_close(loaded(test_codes[:4], test_labels[:4]), prior.eval()(test_codes[:4], test_labels[:4]))
+
+
+def test_sampling_is_reproducible_from_a_seed_and_decodes_to_images(mnist_codes):
+    vqvae, _, _ = mnist_codes
+    k = vqvae.quantizer.num_embeddings
+    torch.manual_seed(0)
+    prior = GatedPixelCNN(k, (7, 7), channels=16, num_layers=8, num_classes=10)
+    rng = torch.get_rng_state()
+    a = sample_indices(prior, 3, label=torch.tensor([1, 2, 3]), seed=5)
+    assert torch.equal(torch.get_rng_state(), rng)  # a seeded draw leaves the global RNG alone
+    assert torch.equal(a, sample_indices(prior, 3, label=torch.tensor([1, 2, 3]), seed=5))
+    assert not torch.equal(a, sample_indices(prior, 3, label=torch.tensor([1, 2, 3]), seed=6))
+    assert a.shape == (3, 7, 7) and a.dtype == torch.long and a.min() >= 0 and a.max() < k
+    # a near-zero temperature is the argmax: every seed gives the same grid
+    cold = [sample_indices(prior, 2, label=4, temperature=1e-6, seed=s) for s in (0, 1)]
+    assert torch.equal(cold[0], cold[1])
+    images = sample(prior, vqvae, 3, label=7, seed=0)
+    assert images.shape == (3, 1, 28, 28) and images.min() >= 0 and images.max() <= 1
+    torch.testing.assert_close(images, sample(prior, vqvae, 3, label=7, seed=0))
+    wrong = GatedPixelCNN(k + 1, (7, 7), channels=8, num_layers=2, num_classes=10)
+    with pytest.raises(ValueError, match="codes"):
+        sample(wrong, vqvae, 1, label=0)

@@ -1,0 +1,417 @@
+"""A Gated PixelCNN prior over the grid of code indices: the VQ-VAE paper's second stage.
+
+A trained VQ-VAE turns an image into an ``(h, w)`` grid of code indices. The prior models that grid
+autoregressively in raster order (van den Oord et al. 2016, "Conditional Image Generation with
+PixelCNN Decoders", arXiv 1606.05328)::
+
+    p(k) = prod_{i, j} p(k_ij | k_<ij, label)
+
+so sampling a grid one position at a time and decoding it with the VQ-VAE's decoder generates new
+images. Shapes, in the package's vocabulary:
+
+* ``indices``: ``(B, h, w)`` long in ``[0, K)``; each index is embedded into ``channels`` features
+  (an embedding, not one float channel: index 7 is not "between" 6 and 8).
+* ``logits``: ``(B, K, h, w)``; ``logits[:, :, i, j]`` depends only on positions before ``(i, j)`` in
+  raster order, and on ``labels`` ``(B,)`` when the prior is class-conditional.
+
+Why two stacks: a stack of masked 3x3 convolutions (the original PixelCNN) never sees a growing
+wedge of pixels up and to the right, the "blind spot". Here a *vertical* stack sees every row
+strictly above, as wide as its receptive field grows, and a *horizontal* stack sees the current row
+to the left; the vertical stack feeds the horizontal one, never the other way. The first layer masks
+the centre of both kernels so that position ``(i, j)`` never sees its own index; later layers can
+include the centre because their inputs at ``(i, j)`` already exclude it. The masks are built into
+the kernels' shapes (:class:`CausalConv2d`) rather than multiplied in. Every layer is gated,
+``tanh(W_f * x + V_f y) * sigmoid(W_g * x + V_g y)``, with the class embedding ``y`` as a bias.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .checkpoint import register_model_class, save_checkpoint
+from .training import TrainResult, _make_scheduler, pick_device, seed_everything
+
+__all__ = [
+    "CausalConv2d",
+    "GatedPixelCNN",
+        "extract_codes",
+    "evaluate_prior",
+    "sample",
+    "sample_indices",
+    "train_prior",
+]
+
+
+class CausalConv2d(nn.Conv2d):
+    """A convolution that only looks at the past, built from a cropped kernel instead of a masked one.
+
+    ``direction="vertical"``: the top ``k//2 + 1`` rows of a ``k x k`` kernel, i.e. the rows above the
+    centre and the centre row, all ``k`` columns. ``direction="horizontal"``: the left ``k//2 + 1``
+    taps of a ``1 x k`` kernel, the centre and its left. ``exclude_center=True`` drops the centre row
+    (vertical) or the centre tap (horizontal), so the output at ``(i, j)`` cannot see ``(i, j)``.
+
+    This equals a full ``k x k`` (or ``1 x k``) convolution whose weights below/right of the centre
+    are masked to zero, but it never multiplies by those zeros: a third fewer FLOPs for ``k = 3``.
+    The input is padded only above (and left and right, or only left), then the output cropped to
+    the input's size.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, direction: str, exclude_center: bool = False
+    ) -> None:
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, not {kernel_size}")
+        c = kernel_size // 2
+        keep = c if exclude_center else c + 1
+        if keep == 0:
+            raise ValueError("exclude_center needs kernel_size >= 3")
+        if direction == "vertical":
+            shape, self.pad = (keep, kernel_size), (c, c, c, 0)  # (left, right, top, bottom)
+        elif direction == "horizontal":
+            shape, self.pad = (1, keep), (c, 0, 0, 0)
+        else:
+            raise ValueError(f"direction must be 'vertical' or 'horizontal', not {direction!r}")
+        super().__init__(in_channels, out_channels, shape, padding=0)
+        self.direction = direction
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        return F.conv2d(F.pad(x, self.pad), self.weight, self.bias)[..., :h, :w]
+
+
+def _gate(x: Tensor) -> Tensor:
+    a, b = x.chunk(2, dim=1)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
+class GatedLayer(nn.Module):
+    """One gated layer of both stacks, with a residual connection on the horizontal stack."""
+
+    def __init__(self, channels: int, kernel_size: int, num_classes: int | None) -> None:
+        super().__init__()
+        self.v_conv = CausalConv2d(channels, 2 * channels, kernel_size, "vertical")
+        self.h_conv = CausalConv2d(channels, 2 * channels, kernel_size, "horizontal")
+        self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)
+        self.h_out = nn.Conv2d(channels, channels, 1)
+        self.label_bias = nn.Embedding(num_classes, 4 * channels) if num_classes else None
+
+    def forward(self, v: Tensor, h: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+        v_feat = self.v_conv(v)
+        h_feat = self.h_conv(h) + self.v_to_h(v_feat)
+        if self.label_bias is not None and labels is not None:
+            bv, bh = self.label_bias(labels)[:, :, None, None].chunk(2, dim=1)
+            v_feat, h_feat = v_feat + bv, h_feat + bh
+        return _gate(v_feat), h + self.h_out(_gate(h_feat))
+
+
+@register_model_class
+class GatedPixelCNN(nn.Module):
+    """Autoregressive prior over ``(h, w)`` grids of ``K`` code indices.
+
+    Args:
+        num_embeddings: ``K``, the VQ-VAE's codebook size.
+        grid_shape: ``(h, w)`` of the VQ-VAE's code grid (the default shape for sampling).
+        channels: features per position in both stacks.
+        num_layers: gated layers after the first (masked-centre) layer; with ``kernel_size=3`` each
+            layer grows the receptive field by one row and one column, so ``num_layers >= h + w``
+            covers a whole grid.
+        kernel_size: odd width of the masked kernels.
+        num_classes: number of labels for class conditioning, or ``None`` for an unconditional prior.
+
+    ``forward(indices, labels)`` returns logits ``(B, K, h, w)``; ``nll(indices, labels)`` the mean
+    negative log-likelihood per code in nats. ``config`` holds the arguments for checkpoints.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        grid_shape: tuple[int, int] = (8, 8),
+        channels: int = 64,
+        num_layers: int = 12,
+        kernel_size: int = 3,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.config: dict[str, Any] = dict(
+            num_embeddings=num_embeddings,
+            grid_shape=tuple(grid_shape),
+            channels=channels,
+            num_layers=num_layers,
+            kernel_size=kernel_size,
+            num_classes=num_classes,
+        )
+        self.num_embeddings = num_embeddings
+        self.grid_shape = tuple(grid_shape)
+        self.num_classes = num_classes
+        self.embedding = nn.Embedding(num_embeddings, channels)
+        self.v_in = CausalConv2d(channels, channels, kernel_size, "vertical", exclude_center=True)
+        self.h_in = CausalConv2d(channels, channels, kernel_size, "horizontal", exclude_center=True)
+        self.layers = nn.ModuleList(GatedLayer(channels, kernel_size, num_classes) for _ in range(num_layers))
+        self.head = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(channels, 2 * channels, 1), nn.ReLU(), nn.Conv2d(2 * channels, num_embeddings, 1)
+        )
+
+    def _check(self, indices: Tensor, labels: Tensor | None) -> None:
+        if indices.dim() != 3 or indices.dtype != torch.long:
+            raise ValueError(f"expected long indices of shape (B, h, w), got {indices.dtype} {tuple(indices.shape)}")
+        if self.num_classes and labels is None:
+            raise ValueError(f"this prior is class-conditional ({self.num_classes} classes): pass labels")
+        if not self.num_classes and labels is not None:
+            raise ValueError("this prior is unconditional: it was built with num_classes=None, so pass no labels")
+
+    def forward(self, indices: Tensor, labels: Tensor | None = None) -> Tensor:
+        """``indices`` ``(B, h, w)``, ``labels`` ``(B,)`` -> logits ``(B, K, h, w)``."""
+        self._check(indices, labels)
+        x = self.embedding(indices).permute(0, 3, 1, 2)
+        v, h = self.v_in(x), self.h_in(x)
+        for layer in self.layers:
+            v, h = layer(v, h, labels)
+        return self.head(h)
+
+    def nll(self, indices: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Mean negative log-likelihood per code, in nats (``log K`` for a uniform guess)."""
+        return F.cross_entropy(self(indices, labels), indices)
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def extract_codes(
+    vqvae: nn.Module, dataset, batch_size: int = 256, device: str | torch.device = "auto", progress: bool = True
+) -> tuple[Tensor, Tensor]:
+    """Encode every image of ``dataset`` once: ``(codes (N, h, w) long, labels (N,) long)`` on the CPU."""
+    from tqdm.auto import tqdm
+
+    from .data import make_loader
+
+    dev = pick_device(device)
+    vqvae = getattr(vqvae, "module", vqvae)
+    was_training = vqvae.training
+    vqvae.to(dev).eval()
+    codes, labels = [], []
+    try:
+        for x, y in tqdm(make_loader(dataset, batch_size, shuffle=False), desc="encoding", disable=not progress):
+            codes.append(vqvae.encode_indices(x.to(dev)).cpu())
+            labels.append(torch.as_tensor(y).long())
+    finally:
+        vqvae.train(was_training)
+    return torch.cat(codes), torch.cat(labels)
+
+
+def _batches(n: int, batch_size: int, seed: int, start_step: int):
+    """``(step, index batch)`` forever: a fresh seeded permutation per epoch (resumable by step)."""
+    per_epoch = n // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"batch_size {batch_size} is larger than the {n} code grids")
+    step = start_step
+    while True:
+        epoch, offset = divmod(step, per_epoch)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+        for b in range(offset, per_epoch):
+            yield step, order[b * batch_size : (b + 1) * batch_size]
+            step += 1
+
+
+# -- training and evaluation ------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_prior(
+    prior: GatedPixelCNN, codes: Tensor, labels: Tensor | None = None, batch_size: int = 512
+) -> dict[str, float]:
+    """Test negative log-likelihood: ``nll_nats`` and ``bits_per_code`` per code, ``uniform_nats`` (``log K``)
+    for comparison, and ``bits_per_image`` for a whole grid."""
+    dev = next(prior.parameters()).device
+    was_training = prior.training
+    prior.eval()
+    total = 0.0
+    try:
+        for start in range(0, len(codes), batch_size):
+            idx = codes[start : start + batch_size].to(dev)
+            lab = labels[start : start + batch_size].to(dev) if prior.num_classes else None
+            total += float(F.cross_entropy(prior(idx, lab), idx, reduction="sum"))
+    finally:
+        prior.train(was_training)
+    nats = total / codes.numel()
+    h, w = codes.shape[1:]
+    return {
+        "nll_nats": nats,
+        "bits_per_code": nats / math.log(2),
+        "uniform_nats": math.log(prior.num_embeddings),
+        "bits_per_image": nats / math.log(2) * h * w,
+    }
+
+
+def train_prior(
+    prior: GatedPixelCNN,
+    codes: Tensor,
+    labels: Tensor | None = None,
+    steps: int = 1000,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    warmup_steps: int = 50,
+    lr_schedule: str = "cosine",
+    eval_codes: tuple[Tensor, Tensor] | None = None,
+    eval_every: int = 0,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    checkpoint_path: str | os.PathLike | None = None,
+    extra: dict | None = None,
+    progress: bool = True,
+    callback: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Fit the prior to code grids by cross-entropy (Adam, warm-up, cosine decay).
+
+    ``codes`` ``(N, h, w)`` and ``labels`` ``(N,)`` come from :func:`extract_codes`; ``eval_codes`` is a
+    held-out ``(codes, labels)`` pair evaluated every ``eval_every`` steps and at the end. History has
+    ``step``, ``nll`` (training nats per code) and ``lr`` per step and ``eval`` entries. Ctrl-C stops
+    cleanly (``interrupted=True``); the checkpoint (if a path is given) is written atomically at the end,
+    with ``extra`` stored beside it (e.g. which VQ-VAE made the codes).
+    """
+    from tqdm.auto import tqdm
+
+    dev = pick_device(device)
+    prior.to(dev)
+    seed_everything(seed)
+    optimizer = torch.optim.Adam(prior.parameters(), lr=lr)
+    scheduler = _make_scheduler(optimizer, lr_schedule, warmup_steps, steps)
+    history: dict[str, list] = {"step": [], "nll": [], "lr": [], "eval": []}
+    use_labels = labels is not None and prior.num_classes
+    codes, labels = codes.to(dev), (labels.to(dev) if use_labels else None)
+
+    def run_eval(step: int) -> dict:
+        metrics = {"step": step, **evaluate_prior(prior, eval_codes[0], eval_codes[1] if use_labels else None)}
+        history["eval"].append(metrics)
+        return metrics
+
+    bar = tqdm(total=steps, desc="training prior", disable=not progress, dynamic_ncols=True)
+    prior.train()
+    t0 = time.perf_counter()
+    done, interrupted = 0, False
+    try:
+        for step, idx in _batches(len(codes), batch_size, seed, 0):
+            if step >= steps:
+                break
+            loss = prior.nll(codes[idx], labels[idx] if use_labels else None)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"prior loss became {value} at step {step + 1}; lower the learning rate")
+            done = step + 1
+            history["step"].append(done)
+            history["nll"].append(value)
+            history["lr"].append(optimizer.param_groups[0]["lr"])
+            bar.update(1)
+            if done % 10 == 0:
+                bar.set_postfix(nll=f"{value:.3f}")
+            if eval_codes is not None and eval_every and done % eval_every == 0 and done < steps:
+                m = run_eval(done)
+                bar.write(f"step {done:>6} | {time.perf_counter() - t0:6.1f} s | test nll {m['nll_nats']:.3f} nats "
+                          f"= {m['bits_per_code']:.3f} bits per code (uniform {m['uniform_nats']:.3f} nats)")  # fmt: skip
+            if callback is not None:
+                callback(done, value)
+    except KeyboardInterrupt:
+        interrupted = True
+        bar.write(f"interrupted at step {done}")
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    final = None
+    if eval_codes is not None and not interrupted:
+        final = run_eval(done)
+        print(f"step {done:>6} | {seconds:6.1f} s | test nll {final['nll_nats']:.3f} nats = "
+              f"{final['bits_per_code']:.3f} bits per code (uniform {final['uniform_nats']:.3f} nats)")  # fmt: skip
+    path = None
+    if checkpoint_path is not None:
+        path = save_checkpoint(checkpoint_path, prior, None, None, done, history, extra=extra)
+    return TrainResult(history, done, seconds, interrupted, final, path)
+
+
+# -- sampling ---------------------------------------------------------------------------------------
+
+
+def _labels_for(prior: GatedPixelCNN, label: int | Tensor | None, n: int, device: torch.device) -> Tensor | None:
+    if label is None:
+        if prior.num_classes:
+            raise ValueError(f"this prior is class-conditional: pass label= (0 .. {prior.num_classes - 1})")
+        return None
+    if not prior.num_classes:
+        raise ValueError("this prior is unconditional: pass label=None")
+    labels = torch.as_tensor(label, dtype=torch.long, device=device)
+    labels = labels.expand(n).clone() if labels.dim() == 0 else labels
+    if labels.shape != (n,):
+        raise ValueError(f"label must be one int or {n} labels, got shape {tuple(labels.shape)}")
+    if labels.min() < 0 or labels.max() >= prior.num_classes:
+        raise ValueError(f"labels must lie in 0 .. {prior.num_classes - 1}")
+    return labels
+
+
+@torch.no_grad()
+def sample_indices(
+    prior: GatedPixelCNN,
+    n: int,
+    label: int | Tensor | None = None,
+    temperature: float = 1.0,
+    grid_shape: tuple[int, int] | None = None,
+    seed: int | None = None,
+) -> Tensor:
+    """Draw ``n`` code grids ``(n, h, w)`` position by position in raster order.
+
+    ``label``: one class for all ``n`` grids or a ``(n,)`` tensor (class-conditional priors only).
+    ``temperature`` divides the logits: below 1 sharper and less varied, above 1 noisier.
+    ``seed`` makes the draw reproducible (a private generator; the global RNG is left alone).
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, not {temperature}")
+    dev = next(prior.parameters()).device
+    labels = _labels_for(prior, label, n, dev)
+    h, w = grid_shape or prior.grid_shape
+    generator = torch.Generator(device=dev)
+    generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
+    grid = torch.zeros(n, h, w, dtype=torch.long, device=dev)
+    was_training = prior.training
+    prior.eval()
+    try:
+        for i in range(h):
+            for j in range(w):
+                probs = F.softmax(prior(grid, labels)[:, :, i, j].float() / temperature, dim=1)
+                grid[:, i, j] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    finally:
+        prior.train(was_training)
+    return grid
+
+
+@torch.no_grad()
+def sample(
+    prior: GatedPixelCNN,
+    vqvae: nn.Module,
+    n: int,
+    label: int | Tensor | None = None,
+    temperature: float = 1.0,
+    seed: int | None = None,
+) -> Tensor:
+    """Generate ``n`` images ``(n, C, H, W)`` in [0, 1]: sample code grids, decode them with ``vqvae``."""
+    vqvae = getattr(vqvae, "module", vqvae)
+    k = vqvae.quantizer.num_embeddings
+    if k != prior.num_embeddings:
+        raise ValueError(f"the prior models {prior.num_embeddings} codes but the VQ-VAE has {k}")
+    grid = sample_indices(prior, n, label, temperature, seed=seed)
+    was_training = vqvae.training
+    vqvae.eval()
+    try:
+        dev = next(vqvae.parameters()).device
+        return vqvae.decode_indices(grid.to(dev)).clamp(0, 1)
+    finally:
+        vqvae.train(was_training)
+

@@ -1,0 +1,192 @@
+"""Train a VQ-VAE from the command line, in one process or many under ``torchrun``.
+
+    python -m vqvae_lib.train --preset mnist
+    python -m vqvae_lib.train --preset cifar10 --steps 8000 --hidden-channels 96 --out runs/cifar10.pt
+    torchrun --nproc_per_node 4 -m vqvae_lib.train --preset cifar10 --amp      # 4 GPUs (or CPU processes)
+    python -m vqvae_lib.train --preset mnist --out runs/mnist.pt --resume       # continue a run
+
+Every field of :class:`vqvae_lib.TrainConfig` is an option (``--batch-size``, ``--num-embeddings``, ...);
+``--preset`` picks the notebooks' values first. ``--batch-size`` is the *global* batch: under ``torchrun``
+each of the ``W`` processes takes ``batch_size / W`` images of every batch, gradients are averaged by
+DistributedDataParallel (gloo on CPUs, NCCL on GPUs), the codebook statistics are all-reduced, the
+loss terms and test metrics are reduced over the processes, and only rank 0 writes checkpoints. With
+the same seed, a distributed run follows the single-process one up to floating-point summation order.
+
+Run this module, do not import it: ``vqvae_lib.train`` the *function* is the training loop that
+this command calls (``from vqvae_lib import train``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import checkpoint_dir
+from .data import load_dataset, load_test_set, make_loader
+from .training import TrainConfig, pick_device, seed_everything
+from .training import train as train_loop
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def _field_type(field: dataclasses.Field) -> Any:
+    name = str(field.type)
+    if "bool" in name:
+        return _parse_bool
+    if "int" in name:
+        return lambda s: None if s.lower() == "none" else int(s)
+    if "float" in name:
+        return float
+    return lambda s: None if s.lower() == "none" else s
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vqvae_lib.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", default="mnist", choices=["mnist", "cifar10", "food101", "folder"],
+                        help="start from the notebooks' configuration for this dataset (default: mnist)")  # fmt: skip
+    parser.add_argument("--data-root", default=None, help="dataset root (default: VQVAE_DATA_ROOT or data/); "
+                        "for --preset folder, the image folder")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=None, help="checkpoint path (default: data/checkpoints/<preset>.pt)")
+    parser.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+    parser.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (0: only at the end)")
+    parser.add_argument("--train-subset", type=int, default=None, help="train on this many images (a quick run)")
+    parser.add_argument("--eval-subset", type=int, default=None, help="evaluate on this many test images")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (ignored elsewhere)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    config = parser.add_argument_group("TrainConfig fields (default: the preset's value)")
+    for field in dataclasses.fields(TrainConfig):
+        if field.name.startswith("_") or field.name == "train_subset":
+            continue
+        config.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=_field_type(field),
+                            default=None, metavar=field.name.upper())  # fmt: skip
+    return parser
+
+
+def _setup_distributed() -> tuple[int, int, torch.device | None]:
+    """Join the ``torchrun`` process group if there is one: ``(rank, world_size, device or None)``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl")
+        return dist.get_rank(), world, torch.device("cuda", local_rank)
+    dist.init_process_group("gloo")
+    return dist.get_rank(), world, torch.device("cpu")
+
+
+def _take(dataset, n: int, seed: int):
+    """``n`` images of ``dataset`` drawn with ``seed`` (all of them if it has fewer)."""
+    if n >= len(dataset):
+        return dataset
+    if hasattr(dataset, "subset"):
+        return dataset.subset(n, seed=seed)
+    from torch.utils.data import Subset
+
+    return Subset(dataset, torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist())
+
+
+def _replica_difference(model: torch.nn.Module) -> float:
+    """Largest difference of any weight or buffer between the processes (0 when they agree)."""
+    import torch.distributed as dist
+
+    flat = torch.cat([t.detach().double().flatten().cpu() for t in model.state_dict().values() if t.is_floating_point()])
+    low, high = flat.clone(), flat.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    return float((high - low).max())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if not f.name.startswith("_") and getattr(args, f.name, None) is not None}  # fmt: skip
+    cfg = TrainConfig.preset(args.preset, **overrides)
+    rank, world, dist_device = _setup_distributed()
+    main_process = rank == 0
+    if cfg.batch_size % world:
+        raise SystemExit(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
+    device = dist_device or pick_device(cfg.device)
+    out = args.out or checkpoint_dir() / f"{args.preset}.pt"
+
+    root = args.data_root
+    if cfg.dataset == "folder":
+        if root is None:
+            raise SystemExit("--preset folder needs --data-root PATH_TO_IMAGES")
+        train_set = load_dataset("folder", root=root, image_size=cfg.image_size)
+        test_set, test_name = _take(train_set, 1000, seed=1), "1,000 of the folder's images"
+    else:
+        train_set = load_dataset(cfg.dataset, "train", root=root, image_size=cfg.image_size)
+        test_set, test_name = load_test_set(cfg.dataset, root=root, image_size=cfg.image_size)
+    if args.train_subset:
+        train_set = _take(train_set, args.train_subset, cfg.seed)
+    if args.eval_subset:
+        test_set = _take(test_set, args.eval_subset, cfg.seed)
+
+    model = cfg.build_model().to(device)  # the same seed gives every process the same initial weights
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.amp and device.type == "cuda":
+        _autocast_forward(model)
+    loader = make_loader(train_set, cfg.batch_size // world, seed=cfg.seed, rank=rank, world_size=world)
+    if main_process:
+        print(f"{world} process(es) on {device}; config: {cfg}")
+        print(f"train {len(train_set):,} images, evaluate on {test_name}; checkpoint {out}")
+    seed_everything(cfg.seed)
+    result = train_loop(
+        model, loader, steps=cfg.steps, lr=cfg.lr, lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay, device=device, eval_loader=test_set, eval_every=cfg.eval_every,
+        checkpoint_path=out, checkpoint_every=args.checkpoint_every, resume=bool(args.resume and out.exists()),
+        seed=cfg.seed, progress=not args.no_progress,
+    )  # fmt: skip
+    if world > 1:
+        import torch.distributed as dist
+
+        difference = _replica_difference(model)
+        if main_process:
+            print(f"max weight difference across {world} processes: {difference:.3g}")
+        dist.barrier()
+        dist.destroy_process_group()
+        if difference > 0:
+            print("the processes' weights diverged", file=sys.stderr)
+            return 1
+    if main_process:
+        print(f"{'interrupted' if result.interrupted else 'finished'} at step {result.steps} "
+              f"in {result.seconds:.0f} s; checkpoint: {result.checkpoint_path}")  # fmt: skip
+    return 0
+
+
+def _autocast_forward(model: torch.nn.Module) -> None:
+    """Run ``model``'s forward under bf16 autocast (the loss is computed in float32 outside it)."""
+    forward = model.forward
+
+    def autocast_forward(self, *args, **kwargs):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            x_hat, q = forward(*args, **kwargs)
+        return x_hat.float(), q
+
+    model.forward = types.MethodType(autocast_forward, model)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Pictures of the model drawn from the model itself: architecture diagrams and codebook views.
+
+    python -m vqvae_lib.visualise                  # writes model_visualisation/*.png, prints summaries
+    python -m vqvae_lib.visualise --out /tmp/figs  # somewhere else
+
+The architecture diagram runs a dummy image through the real modules with forward hooks and labels
+every stage with the shape it actually produced, so the picture cannot drift from the code. The
+codebook figures read a trained checkpoint: how often each code is used, where the codes lie (a
+2-D PCA of the ``K x D`` codebook, sized by usage), and what the most used codes draw.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
+from torch import Tensor, nn
+
+from .model import VQVAE, ResidualStack
+
+__all__ = ["Stage", "trace_stages", "summary_table", "draw_architecture", "draw_codebook", "code_patches"]
+
+
+@dataclass
+class Stage:
+    """One step of the forward pass: its module, the shape it output and its own parameter count."""
+
+    part: str  # "encoder", "quantizer" or "decoder"
+    name: str
+    shape: tuple[int, ...]
+    parameters: int
+
+
+def _describe(module: nn.Module) -> str:
+    if isinstance(module, nn.ConvTranspose2d):
+        return f"ConvT {module.kernel_size[0]}x{module.kernel_size[1]} /{module.stride[0]}"
+    if isinstance(module, nn.Conv2d):
+        stride = f" /{module.stride[0]}" if module.stride[0] > 1 else ""
+        return f"Conv {module.kernel_size[0]}x{module.kernel_size[1]}{stride}"
+    if isinstance(module, ResidualStack):
+        return f"{len(module.layers)} x residual block"
+    return type(module).__name__
+
+
+@torch.no_grad()
+def trace_stages(model: VQVAE, image_shape: tuple[int, int, int]) -> list[Stage]:
+    """Run one dummy image ``(C, H, W)`` through ``model`` and record each stage's output shape."""
+    stages: list[Stage] = [Stage("input", "image x", (1, *image_shape), 0)]
+    hooks = []
+
+    def record(part: str, module: nn.Module):
+        def hook(_module, _inputs, output):
+            out = output[0] if isinstance(output, tuple) else output
+            params = sum(p.numel() for p in module.parameters())
+            stages.append(Stage(part, _describe(module), tuple(out.shape), params))
+
+        return hook
+
+    for part, seq in (("encoder", model.encoder.net), ("decoder", model.decoder.net)):
+        for module in seq:
+            if not isinstance(module, nn.ReLU):
+                hooks.append(module.register_forward_hook(record(part, module)))
+    hooks.append(model.quantizer.register_forward_hook(record("quantizer", model.quantizer)))
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, *image_shape, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    for s in stages:
+        if s.part == "quantizer":
+            k, d = model.quantizer.num_embeddings, model.quantizer.embedding_dim
+            s.name, s.parameters = f"nearest code ({k} x {d} codebook)", k * d
+    return stages
+
+
+def summary_table(model: VQVAE, image_shape: tuple[int, int, int]) -> str:
+    """A markdown table of every stage's output shape and parameters, with totals."""
+    rows = ["| part | stage | output shape | parameters |", "| --- | --- | --- | --- |"]
+    ema = bool(model.config.get("ema"))
+    for s in trace_stages(model, image_shape):
+        note = " (a buffer: EMA-updated, not trained)" if s.part == "quantizer" and ema else ""
+        rows.append(f"| {s.part} | {s.name} | {' x '.join(map(str, s.shape[1:]))} | {s.parameters:,}{note} |")
+    total = sum(p.numel() for p in model.parameters())
+    buffers = sum(b.numel() for b in model.buffers())
+    rows.append(f"| total | | | {total:,} trainable (+ {buffers:,} in buffers) |")
+    return "\n".join(rows)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return " x ".join(map(str, shape[1:]))
+
+
+def draw_architecture(model: VQVAE, image_shape: tuple[int, int, int], title: str | None = None):
+    """Encoder -> z_e -> nearest code -> z_q -> decoder, with the shapes the modules really produced,
+    the ``K x D`` codebook, the three loss terms and the straight-through gradient path."""
+    stages = trace_stages(model, image_shape)
+    enc = [s for s in stages if s.part == "encoder"]
+    dec = [s for s in stages if s.part == "decoder"]
+    z_e, z_q = enc[-1], next(s for s in stages if s.part == "quantizer")
+    k, d = model.quantizer.num_embeddings, model.quantizer.embedding_dim
+    beta = model.beta
+
+    fig, ax = plt.subplots(figsize=(15, 6.2))
+    ax.set_xlim(0, 15)
+    ax.set_ylim(-0.6, 6.2)
+    ax.axis("off")
+
+    def box(x, y, w, h, text, color, fontsize=8.5, weight="normal"):
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.04", fc=color, ec="#333333", lw=1))
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=fontsize, weight=weight)
+
+    def arrow(x0, y0, x1, y1, color="#333333", style="-|>", ls="-", lw=1.3, rad=0.0):
+        ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle=style, mutation_scale=12, color=color,
+                                     linestyle=ls, lw=lw, connectionstyle=f"arc3,rad={rad}"))  # fmt: skip
+
+    def column(x, stages_, color, label):
+        top, step = 5.0, 0.62
+        ax.text(x + 1.1, top + 0.65, label, ha="center", fontsize=10, weight="bold")
+        for i, s in enumerate(stages_):
+            y = top - i * step
+            box(x, y, 2.2, 0.46, f"{s.name}\n{_shape(s.shape)}", color, fontsize=7.5)
+            if i:
+                arrow(x + 1.1, y + step, x + 1.1, y + 0.48)
+        return top - (len(stages_) - 1) * step
+
+    # input and output images
+    box(0.1, 4.4, 1.3, 0.9, f"x\n{_shape(stages[0].shape)}", "#eeeeee", weight="bold")
+    enc_bottom = column(1.8, enc, "#cfe2f3", "encoder")
+    arrow(1.4, 4.85, 1.8, 5.2)
+    # z_e, quantizer and codebook
+    box(4.6, 2.6, 1.5, 0.8, f"z_e\n{_shape(z_e.shape)}", "#cfe2f3", weight="bold")
+    arrow(2.9, enc_bottom, 4.6, 3.0, rad=0.15)
+    box(6.7, 2.45, 2.1, 1.1, f"nearest code\nk = argmin_j ||z_e - e_j||²\nper position", "#fde9c9", fontsize=8)
+    arrow(6.1, 3.0, 6.7, 3.0)
+    # the codebook as a K x D grid
+    cb_x, cb_y, cb_w, cb_h = 6.95, 4.3, 1.6, 1.3
+    ax.add_patch(Rectangle((cb_x, cb_y), cb_w, cb_h, fc="#fde9c9", ec="#333333"))
+    for r in np.linspace(cb_y, cb_y + cb_h, 9)[1:-1]:
+        ax.plot([cb_x, cb_x + cb_w], [r, r], color="#c9a26b", lw=0.6)
+    ax.text(cb_x + cb_w / 2, cb_y + cb_h + 0.15, f"codebook: K = {k} codes x D = {d}", ha="center", fontsize=8.5, weight="bold")
+    ax.text(cb_x - 0.1, cb_y + cb_h / 2, "K", ha="right", va="center", fontsize=9)
+    ax.text(cb_x + cb_w / 2, cb_y - 0.14, "D", ha="center", va="top", fontsize=9)
+    arrow(cb_x + cb_w / 2, cb_y - 0.3, cb_x + cb_w / 2, 3.58)
+    box(9.4, 2.6, 1.5, 0.8, f"z_q = e_k\n{_shape(z_q.shape)}", "#fde9c9", weight="bold")
+    arrow(8.8, 3.0, 9.4, 3.0)
+    dec_bottom = column(11.5, dec, "#d9ead3", "decoder")
+    arrow(10.9, 3.2, 11.5, 5.1, rad=-0.2)
+    box(13.75, 1.0, 1.2, 0.9, f"x̂\n{_shape(dec[-1].shape)}", "#eeeeee", weight="bold")
+    arrow(12.6, dec_bottom, 13.75, 1.45, rad=0.1)
+
+    # straight-through gradient: from z_q back to z_e, around the argmin
+    arrow(9.9, 2.55, 5.35, 2.55, color="#c0392b", ls="--", lw=1.6, rad=-0.35)
+    ax.text(7.6, 1.2, "straight-through gradient: ∂L/∂z_e := ∂L/∂z_q\n(argmin has no gradient; z_q = z_e + sg[e_k - z_e])",
+            ha="center", fontsize=8, color="#c0392b")  # fmt: skip
+    # the three loss terms
+    ax.text(
+        0.1, 0.15,
+        f"loss = ||x - x̂||²  (reconstruction: encoder + decoder)\n"
+        f"      + ||sg[z_e] - e_k||²  (codebook: moves e_k{'; replaced by EMA updates' if model.config['ema'] else ''})\n"
+        f"      + β ||z_e - sg[e_k]||²  (commitment, β = {beta}: moves the encoder)",
+        fontsize=8.5, family="monospace", va="bottom",
+    )  # fmt: skip
+    params = sum(p.numel() for p in model.parameters())
+    ax.set_title(title or f"VQ-VAE for {_shape(stages[0].shape)} images: {params:,} parameters", fontsize=12)
+    return fig
+
+
+# -- codebook pictures --------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def code_patches(model: VQVAE, codes: Tensor, grid_shape: tuple[int, int], background: int) -> Tensor:
+    """What each code draws: a grid of the ``background`` code with ``code`` in the middle, decoded,
+    and cropped to the middle position's neighbourhood. Returns ``(len(codes), C, p, p)``."""
+    h, w = grid_shape
+    grids = torch.full((len(codes), h, w), background, dtype=torch.long, device=codes.device)
+    grids[:, h // 2, w // 2] = codes
+    images = model.decode_indices(grids).clamp(0, 1)
+    f = model.downsample
+    cy, cx = (h // 2) * f + f // 2, (w // 2) * f + f // 2
+    r = f  # one position's footprint plus half a position on each side
+    return images[:, :, max(cy - r, 0) : cy + r, max(cx - r, 0) : cx + r]
+
+
+def draw_codebook(model: VQVAE, counts: Tensor, grid_shape: tuple[int, int], top: int = 32, title: str = ""):
+    """Usage histogram, 2-D PCA of the code vectors sized by usage, and the patches of the ``top`` codes."""
+    from .plotting import image_grid
+
+    counts = torch.as_tensor(counts).double().cpu()
+    codebook = model.quantizer.codebook.detach().double().cpu()
+    order = torch.argsort(counts, descending=True)
+    share = counts / counts.sum().clamp_min(1)
+
+    fig = plt.figure(figsize=(15, 4.4))
+    grid = fig.add_gridspec(1, 3, width_ratios=[1.2, 1, 1.2])
+    ax = fig.add_subplot(grid[0])
+    ax.bar(np.arange(len(counts)), share[order].numpy(), width=1.0)
+    used = int((counts > 0).sum())
+    p = share[share > 0]
+    perplexity = float(torch.exp(-(p * p.log()).sum()))
+    ax.set_title(f"usage: {used} of {len(counts)} codes used\nperplexity {perplexity:.0f}")
+    ax.set_xlabel("code, sorted by usage"), ax.set_ylabel("share of positions")
+
+    ax = fig.add_subplot(grid[1])
+    centred = codebook - codebook.mean(0)
+    _, s, v = torch.linalg.svd(centred, full_matrices=False)
+    xy = (centred @ v[:2].T).numpy()
+    explained = (s[:2] ** 2).sum() / (s**2).sum()
+    sizes = 4 + 300 * (share / share.max().clamp_min(1e-12)).numpy()
+    ax.scatter(xy[:, 0], xy[:, 1], s=sizes, c=np.where(counts.numpy() > 0, "#4c72b0", "#dd8452"), alpha=0.6, lw=0)
+    ax.set_title(f"codebook, 2-D PCA ({100 * explained:.0f}% of variance)\nsize = usage, orange = unused")
+    ax.set_xticks([]), ax.set_yticks([])
+
+    ax = fig.add_subplot(grid[2])
+    device = next(model.parameters()).device
+    patches = code_patches(model.eval(), order[:top].to(device), grid_shape, int(order[0]))
+    ax.imshow(image_grid(patches.cpu(), nrow=8, padding=1), interpolation="nearest")
+    ax.set_title(f"what the {top} most used codes draw (most used first),\neach amid the most used code, decoded")
+    ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# -- command line -------------------------------------------------------------------------------
+
+_IMAGE_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+
+
+def main() -> None:
+    from .checkpoint import find_checkpoint, load_checkpoint
+    from .data import load_test_set, project_dir
+    from .training import TrainConfig, evaluate
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=project_dir() / "model_visualisation")
+    parser.add_argument("--no-codebook", action="store_true", help="only the architecture (no checkpoints or data needed)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, shape in _IMAGE_SHAPES.items():
+        cfg = TrainConfig.preset(name)
+        model = cfg.build_model()
+        print(f"\n## {name} (TrainConfig.preset({name!r}))\n")
+        print(summary_table(model, shape))
+        fig = draw_architecture(model, shape, title=f"VQ-VAE, {name} configuration: {sum(p.numel() for p in model.parameters()):,} parameters")
+        path = args.out / f"architecture_{name}.png"
+        fig.savefig(path, dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        print(f"\nwrote {path}")
+        if args.no_codebook:
+            continue
+        ckpt = find_checkpoint(name, prefer="pretrained")
+        trained = load_checkpoint(ckpt).eval()
+        test_set, test_name = load_test_set(name)
+        metrics = evaluate(trained, test_set, histogram=True)
+        grid_shape = trained.latent_shape(shape[1:])
+        fig = draw_codebook(trained, metrics["histogram"], grid_shape, title=f"{name}: the codebook of {ckpt.name} on {test_name}")
+        path = args.out / f"codebook_{name}.png"
+        fig.savefig(path, dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    matplotlib.use("Agg")
+    main()
