@@ -19,6 +19,7 @@ from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .data import BatchLoader, make_loader
 from .metrics import codes_used, nmse, perplexity, psnr
 from .model import VQVAE, loss_terms
+from .quantizer import _all_reduce_sum
 
 __all__ = [
     "FAST_ENV",
@@ -347,14 +348,6 @@ def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def _all_reduce_sum(t: Tensor) -> Tensor:
-    import torch.distributed as dist
-
-    if _world()[1] > 1:
-        dist.all_reduce(t)
-    return t
 
 
 def _mean_over_ranks(logs: dict[str, float]) -> dict[str, float]:

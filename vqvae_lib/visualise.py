@@ -194,7 +194,8 @@ def code_patches(model: VQVAE, codes: Tensor, grid_shape: tuple[int, int], backg
 
 def draw_codebook(model: VQVAE, counts: Tensor, grid_shape: tuple[int, int], top: int = 32, title: str = ""):
     """Usage histogram, 2-D PCA of the code vectors sized by usage, and the patches of the ``top`` codes."""
-    from .plotting import image_grid
+    from .metrics import perplexity
+    from .plotting import image_grid, plot_codebook_usage
 
     counts = torch.as_tensor(counts).double().cpu()
     codebook = model.quantizer.codebook.detach().double().cpu()
@@ -203,13 +204,7 @@ def draw_codebook(model: VQVAE, counts: Tensor, grid_shape: tuple[int, int], top
 
     fig = plt.figure(figsize=(15, 4.4))
     grid = fig.add_gridspec(1, 3, width_ratios=[1.2, 1, 1.2])
-    ax = fig.add_subplot(grid[0])
-    ax.bar(np.arange(len(counts)), share[order].numpy(), width=1.0)
-    used = int((counts > 0).sum())
-    p = share[share > 0]
-    perplexity = float(torch.exp(-(p * p.log()).sum()))
-    ax.set_title(f"usage: {used} of {len(counts)} codes used\nperplexity {perplexity:.0f}")
-    ax.set_xlabel("code, sorted by usage"), ax.set_ylabel("share of positions")
+    plot_codebook_usage(counts, title=f"perplexity {perplexity(counts):.0f}", ax=fig.add_subplot(grid[0]))
 
     ax = fig.add_subplot(grid[1])
     centred = codebook - codebook.mean(0)
