@@ -69,8 +69,9 @@ def main() -> None:
     print(f"train {len(train_set)} images, eval on {test_name}")
 
     if args.prior and args.pretrained:
-        model = load_checkpoint(find_checkpoint(cfg.dataset, prefer="pretrained"))
-        print(f"VQ-VAE: the committed {find_checkpoint(cfg.dataset, prefer='pretrained')}")
+        path = find_checkpoint(cfg.dataset, prefer="pretrained")
+        model = load_checkpoint(path)
+        print(f"VQ-VAE: the committed {path}")
     else:
         model = train_vqvae(cfg, train_set, test_set, args.steps or cfg.steps, args.eval_every)
     if args.prior:
@@ -100,8 +101,8 @@ def train_vqvae(cfg: TrainConfig, train_set, test_set, steps: int, eval_every: i
 
 def benchmark_prior(model, dataset: str, train_set, test_set, steps: int | None, overrides: dict) -> None:
     settings = {**PRIOR_SETTINGS[dataset], **overrides}
-    steps = steps or settings.pop("steps")
-    settings.pop("steps", None)
+    default_steps = settings.pop("steps")
+    steps = steps or default_steps
     t0 = time.perf_counter()
     codes, labels = extract_codes(model, train_set, progress=False)
     test_codes, test_labels = extract_codes(model, test_set, progress=False)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vqvae_lib import VQVAE, VectorQuantizer, VectorQuantizerEMA, nearest_code, squared_distances
+from vqvae_lib import VQVAE, VectorQuantizer, VectorQuantizerEMA, squared_distances
 
 
 def _brute_force(flat: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

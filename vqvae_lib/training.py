@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
@@ -360,9 +360,7 @@ def _mean_over_ranks(logs: dict[str, float]) -> dict[str, float]:
 
 
 def _is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return _world()[0] == 0
 
 
 @torch.no_grad()

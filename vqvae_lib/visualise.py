@@ -140,7 +140,7 @@ def draw_architecture(model: VQVAE, image_shape: tuple[int, int, int], title: st
     # z_e, quantizer and codebook
     box(4.6, 2.6, 1.5, 0.8, f"z_e\n{_shape(z_e.shape)}", "#cfe2f3", weight="bold")
     arrow(2.9, enc_bottom, 4.6, 3.0, rad=0.15)
-    box(6.7, 2.45, 2.1, 1.1, f"nearest code\nk = argmin_j ||z_e - e_j||²\nper position", "#fde9c9", fontsize=8)
+    box(6.7, 2.45, 2.1, 1.1, "nearest code\nk = argmin_j ||z_e - e_j||²\nper position", "#fde9c9", fontsize=8)
     arrow(6.1, 3.0, 6.7, 3.0)
     # the codebook as a K x D grid
     cb_x, cb_y, cb_w, cb_h = 6.95, 4.3, 1.6, 1.3
