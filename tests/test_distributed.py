@@ -16,7 +16,7 @@ SMALL = [
     "--hidden-channels", "16", "--residual-hidden-channels", "8", "--eval-every", "10", "--warmup-steps", "5",
     "--checkpoint-every", "0",
 ]  # fmt: skip
-EVAL = re.compile(r"step\s+(\d+) \|\s+[\d.]+ s \| test mse ([\d.]+) nmse ([\d.]+)")
+EVAL = re.compile(r"step\s+(\d+) \|\s+[\d.]+ s training \| test mse ([\d.]+) nmse ([\d.]+)")
 
 
 def _run(args: list[str], real_root, torchrun: bool = False) -> str:

@@ -14,7 +14,7 @@ from vqvae_lib.notebooks import execute_notebook, notebook_paths
 
 NOTEBOOKS = notebook_paths()
 TRAINING = {"03", "04", "05", "06"}  # notebooks that train VQ-VAEs and must print test metrics
-EVAL_LINE = re.compile(r"step\s+(\d+) \|\s+[\d.]+ s \| test mse ([\d.]+) nmse ([\d.]+)")
+EVAL_LINE = re.compile(r"step\s+(\d+) \|\s+[\d.]+ s training \| test mse ([\d.]+) nmse ([\d.]+)")
 SUMMARY_LINE = re.compile(r"test NMSE ([\d.]+) \| perplexity")
 PRIOR_LINE = re.compile(r"test NLL ([\d.]+) nats = [\d.]+ bits per code\s+\(uniform prior: log K = ([\d.]+) nats")
 

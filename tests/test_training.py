@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -45,6 +46,29 @@ def test_short_run_on_real_mnist_learns_and_keeps_codes_alive(mnist_small):
     # initialisation) is repaired by dead-code restarts
     assert min(h["perplexity"]) > 4 and after["perplexity"] > 12
     assert after["codes_used"] >= 24
+
+
+def test_evaluation_time_is_kept_off_the_training_clock(mnist_small, monkeypatch):
+    # the benchmarks' targets are "test error after N seconds of training": evaluating the test set
+    # on the way must not eat into that budget, and the time it takes is reported on its own
+    import vqvae_lib.training as training
+
+    train_set, test_set = mnist_small
+    real_evaluate = training.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        time.sleep(0.5)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", slow_evaluate)
+    t0 = time.perf_counter()
+    result = train(_model(), make_loader(train_set, 64, seed=0), steps=30, lr=2e-3, eval_loader=test_set,
+                   eval_every=10, progress=False)  # fmt: skip
+    wall = time.perf_counter() - t0
+    assert [e["step"] for e in result.history["eval"]] == [10, 20, 30]
+    assert result.eval_seconds >= 1.5  # three evaluations, each at least the 0.5 s sleep
+    assert result.seconds + result.eval_seconds <= wall
+    assert result.seconds < wall - 1.5
 
 
 def test_plain_quantizer_without_health_tricks_also_trains(mnist_small):

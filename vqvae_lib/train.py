@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     config = parser.add_argument_group("TrainConfig fields (default: the preset's value)")
     for field in dataclasses.fields(TrainConfig):
-        if field.name.startswith("_") or field.name == "train_subset":
+        if field.name.startswith("_"):
             continue
         config.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=_field_type(field),
                             default=None, metavar=field.name.upper())  # fmt: skip

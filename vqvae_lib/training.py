@@ -68,7 +68,6 @@ class TrainConfig:
 
     dataset: str = "mnist"
     image_size: int | None = None
-    train_subset: int | None = None
     # model
     in_channels: int = 1
     hidden_channels: int = 64
@@ -104,7 +103,12 @@ class TrainConfig:
     def preset(cls, name: str, **overrides: Any) -> "TrainConfig":
         """The notebooks' configuration for ``mnist``, ``cifar10`` or ``food101``/``folder``."""
         presets = {
-            "mnist": cls(dataset="mnist", in_channels=1, embedding_dim=16, num_embeddings=128),
+            # tuned on a 2-core CPU (benchmarks/README.md): small batches, a high learning rate and a fast
+            # EMA codebook (decay 0.95) reach a lower test error in 90 s than the usual 128 x 2e-3 x 0.99
+            "mnist": cls(
+                dataset="mnist", in_channels=1, embedding_dim=16, num_embeddings=128, batch_size=32, steps=2800,
+                steps_fast=200, lr=4e-3, decay=0.95, eval_every=700,
+            ),
             "cifar10": cls(
                 dataset="cifar10", in_channels=3, hidden_channels=64, embedding_dim=64, num_embeddings=512,
                 batch_size=64, steps=6000, steps_fast=150, lr=2e-3, eval_every=1000,
@@ -143,10 +147,11 @@ class TrainResult:
 
     history: dict[str, list] = field(default_factory=dict)
     steps: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # training time; the evaluations' time is in eval_seconds
     interrupted: bool = False
     final_eval: dict[str, float] | None = None
     checkpoint_path: Path | None = None
+    eval_seconds: float = 0.0
 
 
 _TERMS = ("total", "recon", "codebook", "commitment", "perplexity", "codes_used")
@@ -280,6 +285,7 @@ def train(
     bar = tqdm(total=steps, initial=start, desc="training", disable=not progress or not _is_main_process(), dynamic_ncols=True)
     model.train()
     t0 = time.perf_counter()
+    eval_seconds = 0.0  # kept off the training clock: how long evaluation takes says nothing about training
     step = start
     interrupted = False
     try:
@@ -308,9 +314,11 @@ def train(
                 bar.set_postfix(loss=f"{logs['total']:.4f}", perplexity=f"{logs['perplexity']:.1f}")
             done = step + 1
             if eval_loader is not None and eval_every and done % eval_every == 0 and done < steps:
+                t_eval = time.perf_counter()
                 history["eval"].append({"step": done, **evaluate(model, eval_loader, dev)})
+                eval_seconds += time.perf_counter() - t_eval
                 if progress and _is_main_process():
-                    bar.write(_format_eval(history["eval"][-1], time.perf_counter() - t0))
+                    bar.write(_format_eval(history["eval"][-1], time.perf_counter() - t0 - eval_seconds))
                 model.train()
             if checkpoint_every and done % checkpoint_every == 0:
                 checkpoint(done)
@@ -323,20 +331,22 @@ def train(
         bar.write(f"interrupted at step {step}" + (f"; checkpoint saved to {checkpoint_path}" if checkpoint_path else ""))
     finally:
         bar.close()
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 - eval_seconds
     final_eval = None
     if eval_loader is not None and not interrupted:
+        t_eval = time.perf_counter()
         final_eval = {"step": step, **evaluate(model, eval_loader, dev)}
+        eval_seconds += time.perf_counter() - t_eval
         history["eval"].append(final_eval)
         if progress and _is_main_process():
             print(_format_eval(final_eval, seconds))
     checkpoint(step)
-    return TrainResult(history, step, seconds, interrupted, final_eval, checkpoint_path)
+    return TrainResult(history, step, seconds, interrupted, final_eval, checkpoint_path, eval_seconds)
 
 
 def _format_eval(metrics: dict, seconds: float) -> str:
     return (
-        f"step {metrics['step']:>6} | {seconds:7.1f} s | test mse {metrics['mse']:.5f} nmse {metrics['nmse']:.4f} "
+        f"step {metrics['step']:>6} | {seconds:6.1f} s training | test mse {metrics['mse']:.5f} nmse {metrics['nmse']:.4f} "
         f"psnr {metrics['psnr']:.2f} dB | perplexity {metrics['perplexity']:.1f} | codes used {metrics['codes_used']}"
     )
 
