@@ -286,6 +286,15 @@ def train(
     model.train()
     t0 = time.perf_counter()
     eval_seconds = 0.0  # kept off the training clock: how long evaluation takes says nothing about training
+
+    def timed_evaluate(at_step: int) -> dict:
+        nonlocal eval_seconds
+        t_eval = time.perf_counter()
+        metrics = {"step": at_step, **evaluate(model, eval_loader, dev)}
+        eval_seconds += time.perf_counter() - t_eval
+        history["eval"].append(metrics)
+        return metrics
+
     step = start
     interrupted = False
     try:
@@ -314,11 +323,9 @@ def train(
                 bar.set_postfix(loss=f"{logs['total']:.4f}", perplexity=f"{logs['perplexity']:.1f}")
             done = step + 1
             if eval_loader is not None and eval_every and done % eval_every == 0 and done < steps:
-                t_eval = time.perf_counter()
-                history["eval"].append({"step": done, **evaluate(model, eval_loader, dev)})
-                eval_seconds += time.perf_counter() - t_eval
+                metrics = timed_evaluate(done)
                 if progress and _is_main_process():
-                    bar.write(_format_eval(history["eval"][-1], time.perf_counter() - t0 - eval_seconds))
+                    bar.write(_format_eval(metrics, time.perf_counter() - t0 - eval_seconds))
                 model.train()
             if checkpoint_every and done % checkpoint_every == 0:
                 checkpoint(done)
@@ -334,10 +341,7 @@ def train(
     seconds = time.perf_counter() - t0 - eval_seconds
     final_eval = None
     if eval_loader is not None and not interrupted:
-        t_eval = time.perf_counter()
-        final_eval = {"step": step, **evaluate(model, eval_loader, dev)}
-        eval_seconds += time.perf_counter() - t_eval
-        history["eval"].append(final_eval)
+        final_eval = timed_evaluate(step)
         if progress and _is_main_process():
             print(_format_eval(final_eval, seconds))
     checkpoint(step)
