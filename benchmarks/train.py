@@ -25,16 +25,9 @@ import time
 import torch
 
 from vqvae_lib import (
-    GatedPixelCNN, TrainConfig, extract_codes, find_checkpoint, load_checkpoint, load_dataset, load_test_set,
+    PriorConfig, TrainConfig, extract_codes, find_checkpoint, load_checkpoint, load_dataset, load_test_set,
     make_loader, train, train_prior,
 )  # fmt: skip
-
-# notebook 8's priors (08_prior_and_sampling.ipynb: MNIST_PRIOR / CIFAR_PRIOR and their steps)
-PRIOR_SETTINGS = {
-    "mnist": {"channels": 48, "num_layers": 10, "kernel_size": 3, "steps": 1200},
-    "cifar10": {"channels": 48, "num_layers": 10, "kernel_size": 3, "steps": 1500},
-    "food101": {"channels": 48, "num_layers": 10, "kernel_size": 3, "steps": 1500},
-}
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -58,7 +51,7 @@ def main() -> None:
     parser.add_argument("--prior", action="store_true", help="then train a PixelCNN prior on the model's codes")
     parser.add_argument("--pretrained", action="store_true", help="with --prior: skip VQ-VAE training, use data/pretrained")
     parser.add_argument("--prior-steps", type=int, default=None, help="default: notebook 8's")
-    parser.add_argument("--prior-set", nargs="*", default=[], metavar="FIELD=VALUE", help="override GatedPixelCNN arguments")
+    parser.add_argument("--prior-set", nargs="*", default=[], metavar="FIELD=VALUE", help="override PriorConfig fields (channels, num_layers, lr, ...)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,25 +95,23 @@ def train_vqvae(cfg: TrainConfig, train_set, test_set, steps: int, eval_every: i
 
 
 def benchmark_prior(model, dataset: str, train_set, test_set, steps: int | None, overrides: dict) -> None:
-    settings = {**PRIOR_SETTINGS[dataset], **overrides}
-    default_steps = settings.pop("steps")
-    steps = steps or default_steps
+    pcfg = PriorConfig.preset(dataset, **overrides)
+    steps = steps or pcfg.steps
     t0 = time.perf_counter()
     codes, labels = extract_codes(model, train_set, progress=False)
     test_codes, test_labels = extract_codes(model, test_set, progress=False)
     encode_s = time.perf_counter() - t0
     k = model.quantizer.num_embeddings
-    torch.manual_seed(0)
-    prior = GatedPixelCNN(k, tuple(codes.shape[1:]), num_classes=int(labels.max()) + 1, **settings)
-    print(f"\nprior: {sum(p.numel() for p in prior.parameters()):,} parameters, {settings}, {steps} steps of 128 grids")
-    result = train_prior(prior, codes, labels, steps=steps, batch_size=128, lr=2e-3, eval_codes=(test_codes, test_labels),
-                         eval_every=max(1, steps // 5), progress=False)  # fmt: skip
+    prior = pcfg.build_prior(k, tuple(codes.shape[1:]), num_classes=int(labels.max()) + 1)
+    print(f"\nprior: {sum(p.numel() for p in prior.parameters()):,} parameters, {pcfg}, {steps} steps")
+    result = train_prior(prior, codes, labels, steps=steps, batch_size=pcfg.batch_size, lr=pcfg.lr, seed=pcfg.seed,
+                         eval_codes=(test_codes, test_labels), eval_every=max(1, steps // 5), progress=False)  # fmt: skip
     final = result.final_eval
     print("\n| dataset | grid | K | encode s | prior steps | prior train s | grids/s | test NLL nats | bits per code | log K nats |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print(
         f"| {dataset} | {codes.shape[1]}x{codes.shape[2]} | {k} | {encode_s:.0f} | {result.steps} | {result.seconds:.0f} | "
-        f"{result.steps * 128 / result.seconds:.0f} | {final['nll_nats']:.3f} | {final['bits_per_code']:.3f} | "
+        f"{result.steps * pcfg.batch_size / result.seconds:.0f} | {final['nll_nats']:.3f} | {final['bits_per_code']:.3f} | "
         f"{final['uniform_nats']:.3f} |"
     )
 

@@ -12,6 +12,7 @@ from vqvae_lib import find_checkpoint, load_checkpoint
 from vqvae_lib.prior import (
     CausalConv2d,
     GatedPixelCNN,
+    PriorConfig,
     evaluate_prior,
     extract_codes,
     sample,
@@ -73,6 +74,43 @@ def test_a_shallow_stack_leaves_far_positions_unseen_which_the_default_depth_cov
     assert (shallow(changed) - shallow(grid))[0, :, 4, 0].abs().max() == 0
     deep = _tiny_prior(h=5, w=6)
     assert (deep(changed) - deep(grid))[0, :, 4, 0].abs().max() > 0
+
+
+@pytest.mark.parametrize("name, k, grid", [("mnist", 128, (7, 7)), ("cifar10", 512, (8, 8))])
+def test_notebook_priors_see_every_earlier_code_of_their_grid(name, k, grid):
+    # notebook 8's presets are shallower than h + w layers; the vertical stack must still reach the
+    # top-right corner from the bottom-left, or part of the past would be silently ignored
+    torch.manual_seed(0)
+    prior = PriorConfig.preset(name).build_prior(k, grid, num_classes=10).double().eval()
+    h, w = grid
+    raster = torch.arange(h * w).view(h, w)
+    labels = torch.tensor([3])
+    zeros = torch.zeros(1, h, w, dtype=torch.long)
+    base = prior(zeros, labels)
+    for i in range(h):
+        for j in range(w):
+            changed = zeros.clone()
+            changed[0, i, j] = 1
+            diff = (prior(changed, labels) - base).abs().amax(dim=1)[0]
+            later = raster > raster[i, j]
+            assert (diff[later] > 0).all(), f"{name}: a later position ignores the code at {(i, j)}"
+            assert diff[~later].max() == 0
+
+
+def test_prior_config_presets_overrides_and_fast_mode(monkeypatch):
+    cfg = PriorConfig.preset("cifar10", channels=16)
+    prior = cfg.build_prior(512, (8, 8), num_classes=10)
+    assert prior.config["channels"] == 16 and prior.config["num_layers"] == cfg.num_layers
+    assert prior(torch.zeros(2, 8, 8, dtype=torch.long), torch.tensor([0, 1])).shape == (2, 512, 8, 8)
+    torch.randn(7)  # whatever ran before, the weights come from the config's seed
+    again = cfg.build_prior(512, (8, 8), num_classes=10)
+    assert all(torch.equal(a, b) for a, b in zip(prior.state_dict().values(), again.state_dict().values()))
+    monkeypatch.setenv("VQVAE_FAST", "1")
+    assert cfg.run_steps == cfg.steps_fast < cfg.steps
+    monkeypatch.setenv("VQVAE_FAST", "0")
+    assert cfg.run_steps == cfg.steps
+    with pytest.raises(ValueError, match="no prior preset"):
+        PriorConfig.preset("imagenet")
 
 
 def test_labels_condition_every_position_and_unconditional_first_logits_are_constant():

@@ -27,7 +27,7 @@ from .data import (
 from .interpolation import interpolate_latents, save_gif
 from .metrics import codes_used, nmse, perplexity, psnr
 from .model import VQVAE, Decoder, Encoder, ResidualBlock, ResidualStack, loss_terms
-from .prior import GatedPixelCNN, evaluate_prior, extract_codes, sample, sample_indices, train_prior
+from .prior import GatedPixelCNN, PriorConfig, evaluate_prior, extract_codes, sample, sample_indices, train_prior
 from .quantizer import (
     QuantizerOutput,
     VectorQuantizer,
@@ -51,7 +51,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchLoader", "CheckpointError", "DATA_ROOT_ENV", "DatasetNotFoundError", "Decoder", "Encoder",
-    "FAST_ENV", "GatedPixelCNN", "ImageFolderDataset", "QuantizerOutput", "ResidualBlock", "ResidualStack",
+    "FAST_ENV", "GatedPixelCNN", "ImageFolderDataset", "PriorConfig", "QuantizerOutput", "ResidualBlock", "ResidualStack",
     "TensorImageDataset", "TrainConfig", "TrainResult", "VQVAE", "VectorQuantizer", "VectorQuantizerEMA",
     "checkpoint_dir", "codes_used", "data_root", "dataset_variance", "evaluate", "evaluate_prior",
     "extract_codes", "fast_mode", "find_checkpoint", "interpolate_latents", "kmeans", "load_checkpoint",

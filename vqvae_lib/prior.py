@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -36,11 +37,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import register_model_class, save_checkpoint
-from .training import TrainResult, _make_scheduler, pick_device, seed_everything
+from .training import TrainResult, _make_scheduler, fast_mode, pick_device, seed_everything
 
 __all__ = [
     "CausalConv2d",
     "GatedPixelCNN",
+    "PriorConfig",
         "extract_codes",
     "evaluate_prior",
     "sample",
@@ -121,7 +123,8 @@ class GatedPixelCNN(nn.Module):
         channels: features per position in both stacks.
         num_layers: gated layers after the first (masked-centre) layer; with ``kernel_size=3`` each
             layer grows the receptive field by one row and one column, so ``num_layers >= h + w``
-            covers a whole grid.
+            surely covers a whole grid; fewer can (notebook 8's 10 layers see all of an 8x8 grid's
+            past, which a test checks).
         kernel_size: odd width of the masked kernels.
         num_classes: number of labels for class conditioning, or ``None`` for an unconditional prior.
 
@@ -181,6 +184,49 @@ class GatedPixelCNN(nn.Module):
 
 
 # -- data ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PriorConfig:
+    """How notebook 8 builds and trains a prior; :meth:`preset` gives its settings per dataset.
+
+    The size (48 channels, 10 gated layers) was chosen by a sweep on MNIST codes
+    (``benchmarks/README.md``); ``steps_fast`` replaces ``steps`` in fast mode (``VQVAE_FAST=1``).
+    """
+
+    channels: int = 48
+    num_layers: int = 10
+    kernel_size: int = 3
+    steps: int = 1500
+    steps_fast: int = 150
+    batch_size: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "PriorConfig":
+        """Notebook 8's prior for the codes of the ``mnist``, ``cifar10`` or ``food101`` VQ-VAE."""
+        presets = {"mnist": cls(steps=1200), "cifar10": cls(steps=1500), "food101": cls(steps=1500)}
+        if name not in presets:
+            raise ValueError(f"no prior preset {name!r}; choose from {sorted(presets)}")
+        return replace(presets[name], **overrides)
+
+    @property
+    def run_steps(self) -> int:
+        """``steps``, or ``steps_fast`` in fast mode."""
+        return self.steps_fast if fast_mode() else self.steps
+
+    def build_prior(
+        self, num_embeddings: int, grid_shape: tuple[int, int], num_classes: int | None = None
+    ) -> GatedPixelCNN:
+        """A fresh prior, its weights drawn from ``seed`` (as :meth:`TrainConfig.build_model` does)."""
+        seed_everything(self.seed)
+        return GatedPixelCNN(
+            num_embeddings, grid_shape, self.channels, self.num_layers, self.kernel_size, num_classes
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @torch.no_grad()
