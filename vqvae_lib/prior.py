@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -43,7 +43,7 @@ __all__ = [
     "CausalConv2d",
     "GatedPixelCNN",
     "PriorConfig",
-        "extract_codes",
+    "extract_codes",
     "evaluate_prior",
     "sample",
     "sample_indices",
@@ -224,9 +224,6 @@ class PriorConfig:
         return GatedPixelCNN(
             num_embeddings, grid_shape, self.channels, self.num_layers, self.kernel_size, num_classes
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @torch.no_grad()
