@@ -1,0 +1,151 @@
+"""Pipfile.lock installs on every platform a learner uses: Linux (x86_64, aarch64), macOS (arm64,
+x86_64) and Windows (amd64).
+
+Pipenv resolves on the machine that runs ``pipenv lock`` and, for indirect dependencies, drops the
+markers that the requiring package put on them: torch's Linux wheel requires the CUDA libraries with
+``platform_system == "Linux"``, and without that marker ``pipenv install`` tries to install them on a
+Mac, where they do not exist. It also leaves out what only another platform needs (``colorama`` on
+Windows, ``appnope`` on macOS). The Pipfile names those packages with their markers (see the README,
+"Why these tools"); these tests keep the lock honest after every re-lock.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.markers import Marker
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+REPO = Path(__file__).resolve().parent.parent
+LOCK = json.loads((REPO / "Pipfile.lock").read_text())
+PIPFILE = tomllib.loads((REPO / "Pipfile").read_text())
+
+_PY = {"python_version": "3.11", "python_full_version": "3.11.9", "implementation_name": "cpython",
+       "platform_python_implementation": "CPython", "implementation_version": "3.11.9",
+       "platform_release": "", "platform_version": ""}  # fmt: skip
+PLATFORMS = {
+    "linux-x86_64": {**_PY, "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix"},
+    "linux-aarch64": {**_PY, "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "aarch64", "os_name": "posix"},
+    "macos-arm64": {**_PY, "sys_platform": "darwin", "platform_system": "Darwin", "platform_machine": "arm64", "os_name": "posix"},
+    "macos-x86_64": {**_PY, "sys_platform": "darwin", "platform_system": "Darwin", "platform_machine": "x86_64", "os_name": "posix"},
+    "windows-amd64": {**_PY, "sys_platform": "win32", "platform_system": "Windows", "platform_machine": "AMD64", "os_name": "nt"},
+}  # fmt: skip
+NOT_LINUX = ("macos-arm64", "macos-x86_64", "windows-amd64")
+# Published only as Linux wheels (torch's CUDA build and what it pulls in): never on macOS or Windows.
+LINUX_ONLY = re.compile(r"^(nvidia-.*|cuda-.*|triton)$")
+
+
+def _applies(entry: dict, platform: str, extra: str = "") -> bool:
+    marker = entry.get("markers")
+    return True if not marker else Marker(marker).evaluate({**PLATFORMS[platform], "extra": extra})
+
+
+def _locked() -> dict[str, dict]:
+    """Every locked package of both sections (``default`` wins where a name is in both)."""
+    return {canonicalize_name(k): v for section in ("develop", "default") for k, v in LOCK[section].items()}
+
+
+def _pipfile_roots(section: str) -> dict[str, str | None]:
+    """Top-level package names of a Pipfile section and their markers (None: everywhere)."""
+    roots = {}
+    for name, spec in PIPFILE[section].items():
+        roots[canonicalize_name(name)] = spec.get("markers") if isinstance(spec, dict) else None
+    return roots
+
+
+def _requirements(name: str) -> list[Requirement] | None:
+    """The installed distribution's requirements, or None where it is not installed here."""
+    try:
+        dist = metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return None
+    return [Requirement(r) for r in dist.requires or []]
+
+
+def _walk(platform: str, sections: tuple[str, ...]) -> tuple[set[str], list[tuple[str, Requirement]]]:
+    """Every package ``pipenv install`` must put on ``platform`` for these Pipfile sections, and the
+    requirements that pull them in, found by walking the installed distributions' requirements (with
+    extras) from the Pipfile's roots. Packages not installed here (another platform's) are leaves:
+    none of them has requirements of its own today (colorama, pywinpty, win32-setctime, appnope)."""
+    env = PLATFORMS[platform]
+    followed: dict[str, set[str]] = {}  # package -> the extras already followed
+    edges: list[tuple[str, Requirement]] = []
+    todo: list[tuple[str, set[str]]] = []
+    for section in sections:
+        for name, marker in _pipfile_roots(section).items():
+            if marker is None or Marker(marker).evaluate({**env, "extra": ""}):
+                todo.append((name, set()))
+    while todo:
+        name, extras = todo.pop()
+        first_visit = name not in followed
+        new_extras = extras - followed.setdefault(name, set())
+        if not first_visit and not new_extras:
+            continue
+        followed[name] |= new_extras
+        follow = ([""] if first_visit else []) + sorted(new_extras)
+        for req in _requirements(name) or []:
+            if req.marker is None and not first_visit:
+                continue  # followed on the first visit
+            if req.marker is None or any(req.marker.evaluate({**env, "extra": e}) for e in follow):
+                edges.append((name, req))
+                todo.append((canonicalize_name(req.name), set(req.extras)))
+    return set(followed), edges
+
+
+def test_linux_only_packages_apply_only_on_linux():
+    locked = _locked()
+    linux_only = sorted(n for n in locked if LINUX_ONLY.match(n))
+    assert len(linux_only) >= 10, "the lock should hold torch's CUDA libraries for Linux"
+    wrong = {n: locked[n].get("markers") for n in linux_only for p in NOT_LINUX if _applies(locked[n], p)}
+    assert not wrong, f"Linux-only wheels would be installed on macOS or Windows: {wrong}"
+    assert all(_applies(locked[n], "linux-x86_64") for n in linux_only)
+
+
+def test_torch_and_the_notebook_packages_apply_everywhere():
+    locked = _locked()
+    everywhere = [canonicalize_name(n) for n, m in _pipfile_roots("packages").items() if m is None]
+    everywhere += [canonicalize_name(n) for n, m in _pipfile_roots("dev-packages").items() if m is None]
+    assert {"torch", "torchvision", "jupyterlab", "ipywidgets", "pytest"} <= set(everywhere)
+    missing = [n for n in everywhere if n not in locked]
+    assert not missing, f"in the Pipfile but not in the lock: {missing}"
+    for platform in PLATFORMS:
+        skipped = [n for n in everywhere if not _applies(locked[n], platform)]
+        assert not skipped, f"{platform}: the lock would skip {skipped}"
+
+
+@pytest.mark.parametrize("platform", list(PLATFORMS))
+def test_lock_holds_exactly_what_each_platform_needs(platform):
+    """What the requirement graph needs on a platform is locked and applies there; what applies there
+    is needed there. Reads the installed packages' metadata, so it checks the lock this environment
+    was installed from (CI installs with ``pipenv install --dev --deploy``)."""
+    locked = _locked()
+    versions = {n: e.get("version", "").lstrip("=") for n, e in locked.items()}
+    for name, version in versions.items():
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        if version and installed.split("+")[0] != version:
+            pytest.skip(f"this environment is not installed from Pipfile.lock ({name} {installed}, lock {version})")
+    needed, edges = _walk(platform, ("packages", "dev-packages"))
+    not_locked = sorted(n for n in needed if n not in locked)
+    assert not not_locked, f"{platform} needs packages the lock does not hold: {not_locked}"
+    skipped = sorted(n for n in needed if not _applies(locked[n], platform))
+    assert not skipped, f"{platform} needs these, but their lock markers exclude it: {skipped}"
+    stray = sorted(n for n, e in locked.items() if _applies(e, platform) and n not in needed)
+    assert not stray, f"the lock would install these on {platform}, where nothing needs them: {stray}"
+    default = {canonicalize_name(k): v for k, v in LOCK["default"].items()}
+    without_dev = sorted(n for n in _walk(platform, ("packages",))[0] if n not in default or not _applies(default[n], platform))
+    assert not without_dev, f"`pipenv install` (no --dev) on {platform} would miss {without_dev}"
+    # every requirement's version range holds for the locked versions (tools/lock.py picks the newest
+    # release of another platform's package; this catches one that a requiring package excludes)
+    for name, req in edges:
+        version = locked[canonicalize_name(req.name)].get("version", "").lstrip("=")
+        if version:  # (the editable vqvae-lib has none)
+            assert req.specifier.contains(version, prereleases=True), f"{name} needs {req}, the lock has {version}"
