@@ -93,6 +93,18 @@ def _setup_distributed() -> tuple[int, int, torch.device | None]:
     return dist.get_rank(), world, torch.device("cpu")
 
 
+def _wrap_distributed(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel when this process is one of several (gradients are then
+    averaged over the processes in backward), else ``model`` itself."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def _take(dataset, n: int, seed: int):
     """``n`` images of ``dataset`` drawn with ``seed`` (all of them if it has fewer)."""
     if n >= len(dataset):
@@ -141,11 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval_subset:
         test_set = _take(test_set, args.eval_subset, cfg.seed)
 
-    model = cfg.build_model().to(device)  # the same seed gives every process the same initial weights
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    model = _wrap_distributed(cfg.build_model().to(device), device)  # the seed gives every process the same weights
     if args.amp and device.type == "cuda":
         _autocast_forward(model)
     loader = make_loader(train_set, cfg.batch_size // world, seed=cfg.seed, rank=rank, world_size=world)

@@ -258,6 +258,7 @@ def train(
     dev = pick_device(device)
     core = getattr(model, "module", model)
     core.to(dev)
+    dtype = next(core.parameters()).dtype  # batches take the model's dtype (float64 for exact checks)
     beta = core.beta
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -303,7 +304,7 @@ def train(
         for step, (x, _) in _batches_forever(loader, start):
             if step >= steps:
                 break
-            x = x.to(dev, non_blocking=True)
+            x = x.to(dev, dtype, non_blocking=True)
             x_hat, q = model(x)
             losses = loss_terms(x, x_hat, q, beta)
             optimizer.zero_grad(set_to_none=True)
@@ -398,6 +399,7 @@ def evaluate(
     loader = _as_loader(loader, 256, False, 0)
     core = getattr(model, "module", model)
     dev = next(core.parameters()).device if device is None else pick_device(device)
+    dtype = next(core.parameters()).dtype
     was_training = core.training
     core.eval()
     k = core.quantizer.num_embeddings
@@ -410,7 +412,7 @@ def evaluate(
                 break
             if i % world != rank:
                 continue
-            x = x.to(dev)
+            x = x.to(dev, dtype)
             x_hat, q = core(x)
             sse += float((x_hat.float() - x).pow(2).sum(dtype=torch.float64))
             total += x.numel()
