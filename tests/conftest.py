@@ -51,6 +51,8 @@ def mnist_small(real_root):
     return train, test
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+def pytest_configure(config):
+    # Always 2 threads, whatever the machine has: PyTorch picks some convolution kernels by thread
+    # count (oneDNN for small 1x1 convolutions only with more than one thread), so a fixed count keeps
+    # every machine on the same code path. Set before any fixture builds a model.
+    torch.set_num_threads(2)

@@ -18,11 +18,14 @@ def model():
 
 def test_interpolation_ends_at_the_two_reconstructions(model):
     x_a, x_b = torch.rand(1, 28, 28), torch.rand(1, 28, 28)
+    ends = model.reconstruct(torch.stack([x_a, x_b]))  # encoded as one pair, as interpolate_latents does
     for space in ("continuous", "quantized"):
         frames = interpolate_latents(model, x_a, x_b, steps=9, space=space)
         assert frames.shape == (9, 1, 28, 28) and 0 <= frames.min() and frames.max() <= 1
-        torch.testing.assert_close(frames[0], model.reconstruct(x_a[None])[0], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(frames[-1], model.reconstruct(x_b[None])[0], atol=1e-5, rtol=1e-5)
+        # the same codes decoded in a batch of 9 instead of 2: only the decoder's summation order
+        # differs, about float32's 1.2e-7 per operation on pixels in [0, 1]; 1e-5 leaves 80x room
+        torch.testing.assert_close(frames[0], ends[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(frames[-1], ends[1], atol=1e-5, rtol=0)
 
 
 def _decoder_inputs(model, fn):
@@ -34,8 +37,11 @@ def _decoder_inputs(model, fn):
 
 
 def _is_codebook_row(latents: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Which positions hold a code vector. The decoder sees the straight-through ``z + (e - z)``, not
+    ``e`` itself: two float32 roundings of numbers up to ``|z| + |e|``, so 4 ulps of that is the bound."""
     flat = latents.permute(0, 2, 3, 1).reshape(-1, codebook.shape[1])
-    return (flat[:, None] - codebook[None]).abs().amax(-1).min(dim=1).values < 1e-5
+    tolerance = 4 * torch.finfo(torch.float32).eps * float(flat.abs().max() + codebook.detach().abs().max())
+    return (flat[:, None] - codebook[None]).abs().amax(-1).min(dim=1).values <= tolerance
 
 
 def test_continuous_path_stays_on_the_codebook_and_quantized_path_does_not(model):

@@ -151,10 +151,12 @@ def mnist_codes(mnist_small):
 
 def test_extracted_codes_are_the_models_nearest_codes(mnist_small, mnist_codes):
     vqvae, (codes, labels), _ = mnist_codes
-    x, y = mnist_small[0].images[:8].float() / 255, mnist_small[0].labels[:8]
+    # the same first batch of 256 that extract_codes encodes: another batch size may run other
+    # convolution kernels, whose last-bit differences could flip a near-tied nearest code
+    x, y = mnist_small[0].images[:256].float() / 255, mnist_small[0].labels[:256]
     assert codes.shape == (2048, 7, 7) and codes.dtype == torch.long
-    torch.testing.assert_close(codes[:8], vqvae.eval().encode_indices(x))
-    torch.testing.assert_close(labels[:8], y.long())
+    assert torch.equal(codes[:256], vqvae.eval().encode_indices(x))
+    assert torch.equal(labels[:256], y.long())
 
 
 def test_prior_learns_real_codes_below_the_uniform_log_k_and_checkpoints(mnist_codes, tmp_path):
@@ -169,6 +171,7 @@ def test_prior_learns_real_codes_below_the_uniform_log_k_and_checkpoints(mnist_c
         device="cpu", checkpoint_path=tmp_path / "prior.pt", extra={"vqvae": "mnist"}, progress=False,
     )  # fmt: skip
     after = result.final_eval
+    # 0.639 log K after 150 steps on six kernel paths standing in for other CPUs (see test_training)
     assert after["nll_nats"] < 0.8 * math.log(k) < before["nll_nats"] * 1.2
     assert after["bits_per_code"] == pytest.approx(after["nll_nats"] / math.log(2))
     assert result.history["nll"][-1] < result.history["nll"][0]

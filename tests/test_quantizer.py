@@ -164,7 +164,9 @@ def test_ema_stays_finite_with_unused_codes():
         out = q(z_e)
     assert torch.isfinite(q.codebook).all()
     assert torch.isfinite(out.z_q).all() and torch.isfinite(out.commitment_loss)
-    assert q.codes_used() < 64
+    # the case under test: 32 vectors in one cluster can choose at most 32 of the 64 codes, the rest
+    # stay unused for 500 EMA updates (and at least one code is chosen: usage is counted)
+    assert 1 <= q.codes_used() <= 32
 
 
 def _clusters(n_clusters: int = 16, per: int = 64, dim: int = 2, seed: int = 0) -> torch.Tensor:

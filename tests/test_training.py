@@ -38,6 +38,11 @@ def test_short_run_on_real_mnist_learns_and_keeps_codes_alive(mnist_small):
     result = train(model, make_loader(train_set, 64, seed=0), steps=150, lr=2e-3, eval_loader=test_set, progress=False)
     after = result.final_eval
     h = result.history
+    # The thresholds below are outcomes of 150 training steps, so they are set far from what was
+    # measured on six kernel paths standing in for other CPUs (AVX-512 and AVX2 ATen kernels, no SIMD,
+    # oneDNN capped at AVX2, oneDNN off, one thread): recon and MSE ratios 0.14-0.21 (< 0.5), NMSE
+    # 0.156-0.195 (< 0.5), lowest perplexity 5.01-5.17 (> 4), final perplexity 15.4-18.7 (> 12),
+    # 32 of 32 codes used (>= 24).
     assert len(h["total"]) == 150 and all(len(h[k]) == 150 for k in ("recon", "codebook", "commitment", "perplexity", "codes_used", "lr"))
     assert sum(h["recon"][-20:]) / 20 < 0.5 * sum(h["recon"][:20]) / 20
     assert after["mse"] < 0.5 * before["mse"]
@@ -76,7 +81,7 @@ def test_plain_quantizer_without_health_tricks_also_trains(mnist_small):
     seed_everything(0)
     model = VQVAE(**SMALL)
     result = train(model, train_set, steps=100, lr=2e-3, batch_size=64, eval_loader=test_set, progress=False)
-    assert result.final_eval["nmse"] < 0.9
+    assert result.final_eval["nmse"] < 0.9  # 0.27-0.28 on the six kernel paths above: trained, not collapsed
     assert model.quantizer.codebook.grad is not None  # the gradient codebook is trained by Adam
 
 
@@ -101,8 +106,9 @@ def test_resumed_run_continues_identically(mnist_small, tmp_path):
     resumed = VQVAE(**_model().config)
     result = train(resumed, make_loader(train_set, 64, seed=7), checkpoint_path=ckpt, resume=True, **settings)
     assert result.steps == 24 and len(result.history["total"]) == 24
+    # same process, same kernels, same batches in the same order: bitwise equal, on any machine
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+        assert torch.equal(a, b), name
 
 
 def test_interrupt_during_a_checkpoint_write_keeps_the_last_checkpoint(tmp_path, monkeypatch):
