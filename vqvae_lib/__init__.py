@@ -15,6 +15,7 @@ from .checkpoint import (
 from .data import (
     DATA_ROOT_ENV,
     BatchLoader,
+    DatasetFileError,
     DatasetNotFoundError,
     ImageFolderDataset,
     TensorImageDataset,
@@ -23,6 +24,7 @@ from .data import (
     load_dataset,
     load_test_set,
     make_loader,
+    project_relative,
 )
 from .interpolation import interpolate_latents, save_gif
 from .metrics import codes_used, nmse, perplexity, psnr
@@ -50,12 +52,12 @@ from .training import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchLoader", "CheckpointError", "DATA_ROOT_ENV", "DatasetNotFoundError", "Decoder", "Encoder",
+    "BatchLoader", "CheckpointError", "DATA_ROOT_ENV", "DatasetFileError", "DatasetNotFoundError", "Decoder", "Encoder",
     "FAST_ENV", "GatedPixelCNN", "ImageFolderDataset", "PriorConfig", "QuantizerOutput", "ResidualBlock", "ResidualStack",
     "TensorImageDataset", "TrainConfig", "TrainResult", "VQVAE", "VectorQuantizer", "VectorQuantizerEMA",
     "checkpoint_dir", "codes_used", "data_root", "dataset_variance", "evaluate", "evaluate_prior",
     "extract_codes", "fast_mode", "find_checkpoint", "interpolate_latents", "kmeans", "load_checkpoint",
     "load_dataset", "load_test_set", "loss_terms", "make_loader", "nearest_code", "nmse", "perplexity",
-    "pick_device", "pretrained_dir", "psnr", "read_checkpoint", "sample", "sample_indices", "save_checkpoint",
+    "pick_device", "pretrained_dir", "project_relative", "psnr", "read_checkpoint", "sample", "sample_indices", "save_checkpoint",
     "save_gif", "seed_everything", "squared_distances", "train", "train_prior",
 ]  # fmt: skip

@@ -8,6 +8,8 @@ either the previous checkpoint or the new one, never a truncated file.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -124,17 +126,41 @@ def save_checkpoint(
     return path
 
 
+_REQUIRED_KEYS = ("format", "model_class", "model_config", "model_state", "step")
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """The raw checkpoint dict, after checking that it is one of ours."""
+    """The raw checkpoint dict, after checking that it is one of ours.
+
+    The file is read with ``torch.load(weights_only=True)``: its pickle may hold tensors, numbers,
+    strings and plain containers, nothing else, so opening a checkpoint someone sent you never runs
+    code from it. Anything that is not a complete checkpoint of this library raises
+    :class:`CheckpointError` saying what is wrong.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        named = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if named is None:  # not a pickle of ours at all (a text file, another format)
+            reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", str(err), re.S)
+            raise CheckpointError(
+                f"{path} could not be read as a checkpoint ({reason.group(1).strip() if reason else 'not a PyTorch file'})"
+            ) from err
+        raise CheckpointError(
+            f"{path} refers to {named.group(1)}, which is not a tensor, number, string or plain container, so it "
+            f"was not opened (opening it could run code from it). Load it with torch.load(..., "
+            f"weights_only=False) only if you trust where it came from."
+        ) from err
     except Exception as err:
         raise CheckpointError(f"{path} could not be read as a checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a vqvae_lib checkpoint (no '{FORMAT}' format marker)")
+    missing = [key for key in _REQUIRED_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"{path} is an incomplete vqvae_lib checkpoint: it lacks {', '.join(missing)}")
     return state
 
 
@@ -158,7 +184,10 @@ def load_checkpoint(
     if model is None:
         if cls_name not in _MODEL_CLASSES:
             raise CheckpointError(f"{path} holds a {cls_name}, which this version of vqvae_lib cannot build")
-        model = _MODEL_CLASSES[cls_name](**config)
+        try:
+            model = _MODEL_CLASSES[cls_name](**config)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: its model_config does not build a {cls_name} ({err})") from err
     else:
         target = _unwrap(model)
         if type(target).__name__ != cls_name:

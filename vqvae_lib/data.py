@@ -36,9 +36,11 @@ from torch.utils.data import DataLoader, Dataset
 __all__ = [
     "DATA_ROOT_ENV",
     "CIFAR10_CLASSES",
+    "DatasetFileError",
     "DatasetNotFoundError",
     "data_root",
     "project_dir",
+    "project_relative",
     "load_dataset",
     "load_test_set",
     "TensorImageDataset",
@@ -61,6 +63,10 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset is neither on disk nor downloadable; the message says which files go where."""
 
 
+class DatasetFileError(ValueError):
+    """A dataset file is not the file it should be (checksum, format); it was not opened or used."""
+
+
 def data_root(root: str | os.PathLike | None = None) -> Path:
     """The folder datasets are read from and downloaded to (see the module docstring)."""
     if root is not None:
@@ -78,6 +84,18 @@ def project_dir() -> Path:
     if (repo / "pyproject.toml").exists() and (repo / "vqvae_lib").is_dir():
         return repo
     return Path.home() / ".cache" / "vqvae_lib"
+
+
+def project_relative(path: str | os.PathLike) -> Path:
+    """``path`` relative to the repository (or to the data root) when it lies inside it, else as it is:
+    what the notebooks print, so that their committed outputs name no folder of the machine that ran them."""
+    path = Path(path).resolve()
+    for base in (project_dir(), data_root()):
+        try:
+            return path.relative_to(base.resolve())
+        except ValueError:
+            continue
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,10 +347,47 @@ def _missing(name: str, root: Path, help_text: str, err: BaseException | None) -
     )
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only what CIFAR-10's batch files are made of (dicts, lists, strings, numbers and NumPy
+    arrays): a pickle that names any other function or class is refused instead of run."""
+
+    _ALLOWED = {
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+    }  # fmt: skip
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}")
+
+
+def _cifar_md5s() -> dict[str, str]:
+    """The published md5 of each file of torchvision's CIFAR-10 download."""
+    from torchvision.datasets import CIFAR10
+
+    return {name: md5 for name, md5 in CIFAR10.train_list + CIFAR10.test_list}
+
+
 def _unpickle_cifar(path: Path) -> tuple[np.ndarray, list[int]]:
-    with open(path, "rb") as f:
-        entry = pickle.load(f, encoding="latin1")
-    return entry["data"], entry.get("labels", entry.get("fine_labels"))
+    """One batch file, after checking it is the published file (torchvision's md5), read with an
+    unpickler that cannot run code: a file that fails either check is refused with an error naming it."""
+    import hashlib
+
+    expected = _cifar_md5s().get(path.name)
+    digest = hashlib.md5(path.read_bytes()).hexdigest()
+    if digest != expected:
+        raise DatasetFileError(
+            f"{path} is not the published CIFAR-10 file (md5 {digest}, expected {expected}), so it was not "
+            f"opened. Delete the folder {path.parent} and download CIFAR-10 again, or use the image export."
+        )
+    try:
+        with open(path, "rb") as f:
+            entry = _CifarUnpickler(f, encoding="latin1").load()
+        return entry["data"], entry.get("labels", entry.get("fine_labels"))
+    except (pickle.UnpicklingError, KeyError, TypeError, EOFError) as err:
+        raise DatasetFileError(f"{path} is not a CIFAR-10 batch file ({err}); it was not used.") from err
 
 
 def _load_cifar10(root: Path, split: str, download: bool) -> TensorImageDataset:
@@ -416,7 +471,7 @@ def _load_cifar10_exact(root: Path, split: str) -> TensorImageDataset:
             f"{path} not found: this 3,000-image subset of CIFAR-10 with exact pixels (x_train, y_train, "
             f"x_test, y_test as uint8 arrays) is shipped with the project's CI data; use 'cifar10' elsewhere."
         )
-    with np.load(path) as z:
+    with np.load(path, allow_pickle=False) as z:
         x, y = z[f"x_{split}"], z[f"y_{split}"]
     return TensorImageDataset(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y.astype(np.int64)), name=f"cifar10-exact-{split}")
 

@@ -1,0 +1,124 @@
+"""Opening a file never runs code: checkpoints and CIFAR-10 batch files built to misbehave are refused
+with a clear error, and nothing they carry is executed."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vqvae_lib.data
+from vqvae_lib import (
+    CheckpointError,
+    DatasetFileError,
+    TrainConfig,
+    load_checkpoint,
+    load_dataset,
+    pretrained_dir,
+    read_checkpoint,
+    save_checkpoint,
+)
+
+
+class _CreatesFile:
+    """Unpickling this calls ``open(path, "w")``: it creates ``path``, the visible trace of code run
+    by a load (a real payload would run anything it likes the same way)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def _small_model():
+    return TrainConfig.preset("mnist", hidden_channels=8, residual_hidden_channels=4).build_model()
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    good = save_checkpoint(tmp_path / "good.pt", _small_model(), step=3)
+    state = torch.load(good, weights_only=True)
+    marker = tmp_path / "payload-ran"
+    torch.save({**state, "extra": {"note": _CreatesFile(marker)}}, tmp_path / "shared.pt")
+    assert not marker.exists()
+    for load in (load_checkpoint, read_checkpoint):
+        with pytest.raises(CheckpointError, match="not opened"):
+            load(tmp_path / "shared.pt")
+        assert not marker.exists(), f"{load.__name__} ran code from the checkpoint"
+
+
+def test_broken_or_foreign_checkpoints_say_what_is_wrong(tmp_path):
+    good = save_checkpoint(tmp_path / "good.pt", _small_model(), step=3)
+    state = torch.load(good, weights_only=True)
+    cases = {}
+    (tmp_path / "truncated.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    cases["truncated.pt"] = "could not be read"
+    torch.save({"state_dict": state["model_state"], "epoch": 3}, tmp_path / "other_program.pt")
+    cases["other_program.pt"] = "not a vqvae_lib checkpoint"
+    (tmp_path / "notes.pt").write_text("not a checkpoint at all")
+    cases["notes.pt"] = "could not be read"
+    torch.save({k: v for k, v in state.items() if k != "model_state"}, tmp_path / "no_weights.pt")
+    cases["no_weights.pt"] = "lacks model_state"
+    torch.save({**state, "model_config": {**state["model_config"], "wings": 2}}, tmp_path / "odd_config.pt")
+    cases["odd_config.pt"] = "model_config does not build a VQVAE"
+    for name, message in cases.items():
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint(tmp_path / name)
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "food101", "mnist_prior", "cifar10_prior"])
+def test_committed_checkpoints_hold_only_tensors_and_plain_containers(name):
+    state = torch.load(pretrained_dir() / f"{name}.pt", weights_only=True)  # raises on anything else
+    model = load_checkpoint(pretrained_dir() / f"{name}.pt")
+    assert model.checkpoint_step == state["step"] > 0
+
+
+def test_resume_state_survives_a_weights_only_round_trip(tmp_path):
+    """Optimizer, scheduler, RNG state and history are all plain data: a resumable checkpoint loads."""
+    model = _small_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
+    model(torch.rand(2, 1, 28, 28))[0].sum().backward()
+    optimizer.step()
+    scheduler.step()
+    path = save_checkpoint(tmp_path / "run.pt", model, optimizer, scheduler, step=1, history={"total": [0.5]})
+    fresh = _small_model()
+    fresh_optimizer = torch.optim.Adam(fresh.parameters(), lr=1e-3)
+    fresh_scheduler = torch.optim.lr_scheduler.LambdaLR(fresh_optimizer, lambda step: 0.5)
+    load_checkpoint(path, fresh, fresh_optimizer, fresh_scheduler)
+    assert fresh_scheduler.last_epoch == 1 and fresh.checkpoint_history == {"total": [0.5]}
+    assert torch.equal(read_checkpoint(path)["rng_state"], torch.load(path, weights_only=True)["rng_state"])
+    for a, b in zip(optimizer.state_dict()["state"].values(), fresh_optimizer.state_dict()["state"].values()):
+        assert torch.equal(a["exp_avg"], b["exp_avg"])
+
+
+def _hostile_cifar(folder: Path, marker: Path) -> None:
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        entry = {"data": np.zeros((1, 3072), np.uint8), "labels": [0], "note": _CreatesFile(marker)}
+        (folder / name).write_bytes(pickle.dumps(entry, protocol=2))
+
+
+def test_cifar_batch_files_that_are_not_the_published_ones_are_refused_unopened(tmp_path):
+    marker = tmp_path / "payload-ran"
+    _hostile_cifar(tmp_path / "cifar-10-batches-py", marker)
+    with pytest.raises(DatasetFileError, match="data_batch_1 is not the published CIFAR-10 file"):
+        load_dataset("cifar10", "train", root=tmp_path, download=False)
+    assert not marker.exists()
+
+
+def test_cifar_reader_runs_no_code_even_when_a_checksum_matches(tmp_path, monkeypatch):
+    """Second line of defence: were a hostile file to carry a published md5, the unpickler still admits
+    only arrays, numbers, strings and containers."""
+    marker = tmp_path / "payload-ran"
+    folder = tmp_path / "cifar-10-batches-py"
+    _hostile_cifar(folder, marker)
+    md5s = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    monkeypatch.setattr(vqvae_lib.data, "_cifar_md5s", lambda: md5s)
+    with pytest.raises(DatasetFileError, match=r"refused to load \S*open"):
+        load_dataset("cifar10", "test", root=tmp_path, download=False)
+    assert not marker.exists()
