@@ -16,6 +16,8 @@ NOTEBOOKS = notebook_paths()
 TRAINING = {"03", "04", "05", "06"}  # notebooks that train VQ-VAEs and must print test metrics
 EVAL_LINE = re.compile(r"step\s+(\d+) \|\s+[\d.]+ s training \| test mse ([\d.]+) nmse ([\d.]+)")
 SUMMARY_LINE = re.compile(r"test NMSE ([\d.]+) \| perplexity")
+# an absolute path of the machine that ran a notebook: a POSIX home, temp or mount folder, or a drive
+MACHINE_PATH = re.compile(r"(?<![\w.~])/(?:home|Users|root|tmp|var|work|private|mnt|opt|srv)/|\b[A-Za-z]:\\\\|\b[A-Za-z]:\\(?=\w)")
 PRIOR_LINE = re.compile(r"test NLL ([\d.]+) nats = [\d.]+ bits per code\s+\(uniform prior: log K = ([\d.]+) nats")
 
 
@@ -91,3 +93,8 @@ def test_committed_notebook_is_executed_in_full_mode_and_clean(path: Path):
     images = {k for c in code for o in c.get("outputs", []) for k in o.get("data", {}) if k.startswith("image/")}
     assert images == {"image/png"}, images
     assert "fast mode: False" in _text(nb), "committed notebooks hold full-mode results"
+    text = _text(nb)
+    for marker in {str(Path(__file__).resolve().parent.parent), str(Path.home())} - {"/"}:
+        assert marker not in text, f"an output names a folder of the machine that ran it: {marker}"
+    named = sorted({text[max(0, m.start() - 40) : m.end() + 40] for m in MACHINE_PATH.finditer(text)})
+    assert not named, f"outputs name folders of the machine that ran them: {named}"
