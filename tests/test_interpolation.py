@@ -22,8 +22,10 @@ def test_interpolation_ends_at_the_two_reconstructions(model):
     for space in ("continuous", "quantized"):
         frames = interpolate_latents(model, x_a, x_b, steps=9, space=space)
         assert frames.shape == (9, 1, 28, 28) and 0 <= frames.min() and frames.max() <= 1
-        # the same codes decoded in a batch of 9 instead of 2: only the decoder's summation order
-        # differs, about float32's 1.2e-7 per operation on pixels in [0, 1]; 1e-5 leaves 80x room
+        # z(0) and z(1) are the two encoder outputs themselves, quantized and decoded in a batch of 9
+        # instead of 2: the codes are the same unless a distance is within float32 rounding of a tie,
+        # and the decoder's other summation order moves pixels in [0, 1] by a few float32 roundings
+        # (1.2e-7 each) per layer; 1e-5 is far above that and far below any visible difference
         torch.testing.assert_close(frames[0], ends[0], atol=1e-5, rtol=0)
         torch.testing.assert_close(frames[-1], ends[1], atol=1e-5, rtol=0)
 

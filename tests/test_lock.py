@@ -1,5 +1,6 @@
-"""Pipfile.lock installs on every platform a learner uses: Linux (x86_64, aarch64), macOS (arm64,
-x86_64) and Windows (amd64).
+"""Pipfile.lock installs on every platform a learner uses: Linux (x86_64, aarch64), macOS on Apple
+silicon and Windows (amd64). Its markers are also evaluated for Intel Macs, where the lock is right but
+PyTorch publishes no wheels (README, "Platforms").
 
 Pipenv resolves on the machine that runs ``pipenv lock`` and, for indirect dependencies, drops the
 markers that the requiring package put on them: torch's Linux wheel requires the CUDA libraries with
@@ -46,9 +47,10 @@ def _applies(entry: dict, platform: str, extra: str = "") -> bool:
     return True if not marker else Marker(marker).evaluate({**PLATFORMS[platform], "extra": extra})
 
 
-def _locked() -> dict[str, dict]:
-    """Every locked package of both sections (``default`` wins where a name is in both)."""
-    return {canonicalize_name(k): v for section in ("develop", "default") for k, v in LOCK[section].items()}
+def _locked(sections: tuple[str, ...] = ("default", "develop")) -> dict[str, dict]:
+    """The entries ``pipenv install`` uses: ``default``'s alone, or with ``--dev`` both, a ``develop``
+    entry replacing the ``default`` one of the same name (so both sections' markers matter)."""
+    return {canonicalize_name(k): v for section in sections for k, v in LOCK[section].items()}
 
 
 def _pipfile_roots(section: str) -> dict[str, str | None]:
@@ -98,12 +100,23 @@ def _walk(platform: str, sections: tuple[str, ...]) -> tuple[set[str], list[tupl
     return set(followed), edges
 
 
-def test_linux_only_packages_apply_only_on_linux():
-    locked = _locked()
+def test_every_entry_is_pinned_with_hashes():
+    """``pipenv install`` refuses a hashless entry among hashed ones: what a bare ``pipenv lock`` writes
+    for another platform's package (tools/lock.py fills these in)."""
+    for section in ("default", "develop"):
+        for name, entry in LOCK[section].items():
+            if entry.get("editable"):
+                continue
+            assert entry.get("version", "").startswith("==") and entry.get("hashes"), f"{section}: {name} {entry}"
+
+
+@pytest.mark.parametrize("section", ["default", "develop"])
+def test_linux_only_packages_apply_only_on_linux(section):
+    locked = {canonicalize_name(k): v for k, v in LOCK[section].items()}
     linux_only = sorted(n for n in locked if LINUX_ONLY.match(n))
     assert len(linux_only) >= 10, "the lock should hold torch's CUDA libraries for Linux"
     wrong = {n: locked[n].get("markers") for n in linux_only for p in NOT_LINUX if _applies(locked[n], p)}
-    assert not wrong, f"Linux-only wheels would be installed on macOS or Windows: {wrong}"
+    assert not wrong, f"{section}: Linux-only wheels would be installed on macOS or Windows: {wrong}"
     assert all(_applies(locked[n], "linux-x86_64") for n in linux_only)
 
 
@@ -121,31 +134,32 @@ def test_torch_and_the_notebook_packages_apply_everywhere():
 
 @pytest.mark.parametrize("platform", list(PLATFORMS))
 def test_lock_holds_exactly_what_each_platform_needs(platform):
-    """What the requirement graph needs on a platform is locked and applies there; what applies there
-    is needed there. Reads the installed packages' metadata, so it checks the lock this environment
-    was installed from (CI installs with ``pipenv install --dev --deploy``)."""
+    """For ``pipenv install`` and ``pipenv install --dev``: what the requirement graph needs on a
+    platform is locked and applies there, and what applies there is needed there. Reads the installed
+    packages' metadata, so it checks the lock this environment was installed from (CI installs with
+    ``pipenv install --dev --deploy``)."""
     locked = _locked()
-    versions = {n: e.get("version", "").lstrip("=") for n, e in locked.items()}
-    for name, version in versions.items():
+    for name, entry in locked.items():
         try:
             installed = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
+        version = entry.get("version", "").lstrip("=")
         if version and installed.split("+")[0] != version:
             pytest.skip(f"this environment is not installed from Pipfile.lock ({name} {installed}, lock {version})")
-    needed, edges = _walk(platform, ("packages", "dev-packages"))
-    not_locked = sorted(n for n in needed if n not in locked)
-    assert not not_locked, f"{platform} needs packages the lock does not hold: {not_locked}"
-    skipped = sorted(n for n in needed if not _applies(locked[n], platform))
-    assert not skipped, f"{platform} needs these, but their lock markers exclude it: {skipped}"
-    stray = sorted(n for n, e in locked.items() if _applies(e, platform) and n not in needed)
-    assert not stray, f"the lock would install these on {platform}, where nothing needs them: {stray}"
-    default = {canonicalize_name(k): v for k, v in LOCK["default"].items()}
-    without_dev = sorted(n for n in _walk(platform, ("packages",))[0] if n not in default or not _applies(default[n], platform))
-    assert not without_dev, f"`pipenv install` (no --dev) on {platform} would miss {without_dev}"
-    # every requirement's version range holds for the locked versions (tools/lock.py picks the newest
-    # release of another platform's package; this catches one that a requiring package excludes)
-    for name, req in edges:
-        version = locked[canonicalize_name(req.name)].get("version", "").lstrip("=")
-        if version:  # (the editable vqvae-lib has none)
-            assert req.specifier.contains(version, prereleases=True), f"{name} needs {req}, the lock has {version}"
+    for install, sections, roots in (("pipenv install", ("default",), ("packages",)),
+                                     ("pipenv install --dev", ("default", "develop"), ("packages", "dev-packages"))):
+        entries = _locked(sections)
+        needed, edges = _walk(platform, roots)
+        not_locked = sorted(n for n in needed if n not in entries)
+        assert not not_locked, f"{install} on {platform} would miss {not_locked}"
+        skipped = sorted(n for n in needed if not _applies(entries[n], platform))
+        assert not skipped, f"{install} on {platform} needs these, but their lock markers exclude it: {skipped}"
+        stray = sorted(n for n, e in entries.items() if _applies(e, platform) and n not in needed)
+        assert not stray, f"{install} would put these on {platform}, where nothing needs them: {stray}"
+        # every requirement's version range holds for the locked versions (tools/lock.py picks the
+        # newest release of another platform's package; this catches one that a requirer excludes)
+        for name, req in edges:
+            version = entries[canonicalize_name(req.name)].get("version", "").lstrip("=")
+            if version:  # (the editable vqvae-lib has none)
+                assert req.specifier.contains(version, prereleases=True), f"{name} needs {req}, the lock has {version}"

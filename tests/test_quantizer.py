@@ -15,9 +15,11 @@ def _brute_force(flat: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tens
 
 
 def _float32_distance_error(flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Per row, a worst-case bound on float32's error in ``||z||^2 - 2 z.e + ||e||^2``: each D-term dot
-    product is off by at most D eps of its magnitudes, the cross term adds as much again, and the
-    two additions 2 eps: (2 D + 2) eps (||z||^2 + max ||e||^2)."""
+    """Per row, a bound on float32's error in ``||z||^2 - 2 z.e + ||e||^2`` (``u = eps / 2``, the unit
+    roundoff): each D-term sum of products is off by at most D u of its magnitudes, so the three
+    terms by D u (||z||^2 + ||e||^2 + 2 |z||e|) <= 2 D u (||z||^2 + ||e||^2); the two additions of
+    partial sums up to 2 (||z||^2 + ||e||^2) add 4 u of that. In all (2 D + 4) u <= (D + 2) eps; we
+    allow (2 D + 2) eps, about twice the bound, for kernels that accumulate in blocks."""
     d, eps = flat.shape[1], torch.finfo(torch.float32).eps
     return (2 * d + 2) * eps * (flat.double().pow(2).sum(1) + codebook.double().pow(2).sum(1).max())
 
@@ -176,9 +178,9 @@ def test_ema_stays_finite_with_unused_codes():
         out = q(z_e)
     assert torch.isfinite(q.codebook).all()
     assert torch.isfinite(out.z_q).all() and torch.isfinite(out.commitment_loss)
-    # the case under test: 32 vectors in one cluster can choose at most 32 of the 64 codes, the rest
-    # stay unused for 500 EMA updates (and at least one code is chosen: usage is counted)
-    assert 1 <= q.codes_used() <= 32
+    # the case under test: one tight cluster of 32 vectors leaves codes unused for 500 EMA updates
+    # (measured: 1 code used, seeds 0-5), and usage is counted (at least one code)
+    assert 0 < q.codes_used() < 64
 
 
 def _clusters(n_clusters: int = 16, per: int = 64, dim: int = 2, seed: int = 0) -> torch.Tensor:

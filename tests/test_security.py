@@ -4,6 +4,7 @@ with a clear error, and nothing they carry is executed."""
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 from pathlib import Path
 
@@ -22,6 +23,16 @@ from vqvae_lib import (
     read_checkpoint,
     save_checkpoint,
 )
+
+
+class _RunsShell:
+    """Unpickling this calls ``os.system``: a module torch's weights-only loader blocks outright."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"echo > {self.path}",))
 
 
 class _CreatesFile:
@@ -43,12 +54,20 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
     good = save_checkpoint(tmp_path / "good.pt", _small_model(), step=3)
     state = torch.load(good, weights_only=True)
     marker = tmp_path / "payload-ran"
-    torch.save({**state, "extra": {"note": _CreatesFile(marker)}}, tmp_path / "shared.pt")
+    torch.save({**state, "extra": {"note": _CreatesFile(marker)}}, tmp_path / "opens.pt")
+    torch.save({**state, "extra": {"note": _RunsShell(marker)}}, tmp_path / "shell.pt")
     assert not marker.exists()
-    for load in (load_checkpoint, read_checkpoint):
-        with pytest.raises(CheckpointError, match="not opened"):
-            load(tmp_path / "shared.pt")
-        assert not marker.exists(), f"{load.__name__} ran code from the checkpoint"
+    for name, refers_to in (("opens.pt", r"\S*open"), ("shell.pt", r"\S+\.system")):
+        for load in (load_checkpoint, read_checkpoint):
+            with pytest.raises(CheckpointError, match=f"refers to {refers_to}, .* not opened"):
+                load(tmp_path / name)
+            assert not marker.exists(), f"{load.__name__} ran code from {name}"
+
+
+def test_saving_refuses_what_loading_would_refuse(tmp_path):
+    with pytest.raises(CheckpointError, match="not saved"):
+        save_checkpoint(tmp_path / "run.pt", _small_model(), extra={"best": np.float64(0.5)})
+    assert not list(tmp_path.iterdir()), "a partial or temporary file was left behind"
 
 
 def test_broken_or_foreign_checkpoints_say_what_is_wrong(tmp_path):
@@ -122,3 +141,19 @@ def test_cifar_reader_runs_no_code_even_when_a_checksum_matches(tmp_path, monkey
     with pytest.raises(DatasetFileError, match=r"refused to load \S*open"):
         load_dataset("cifar10", "test", root=tmp_path, download=False)
     assert not marker.exists()
+
+
+def test_cifar_reader_admits_what_the_published_files_are_made_of(tmp_path, monkeypatch):
+    """The published batches were pickled by NumPy 1 (``numpy.core.multiarray._reconstruct``); NumPy 2
+    writes ``numpy._core``. Both spellings load, into the same pixels."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    data, labels = rng.integers(0, 256, (4, 3072), dtype=np.uint8), [3, 1, 4, 1]
+    raw = pickle.dumps({"batch_label": "testing batch 1 of 1", "labels": labels, "data": data}, protocol=2)
+    assert b"numpy._core.multiarray" in raw
+    (folder / "test_batch").write_bytes(raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    md5s = {"test_batch": hashlib.md5((folder / "test_batch").read_bytes()).hexdigest()}
+    monkeypatch.setattr(vqvae_lib.data, "_cifar_md5s", lambda: md5s)
+    test = load_dataset("cifar10", "test", root=tmp_path, download=False)
+    assert np.array_equal(test.images.reshape(4, -1).numpy(), data) and test.labels.tolist() == labels

@@ -11,6 +11,10 @@ with the newest release that satisfies the Pipfile's version range and Python 3.
 of each of its files, read from the lock's own package index (its JSON simple API). Everything else
 stays as ``pipenv lock`` wrote it. ``tests/test_lock.py`` checks the markers for every platform.
 
+Run it on Linux x86_64 (it refuses elsewhere): there Pipenv resolves torch's CUDA packages to the
+exact versions torch pins, and only macOS and Windows packages are left to fill in. On a Mac the
+CUDA packages would be the unresolvable ones, and the newest release is not the one torch pins.
+
 ``--check`` asks the index, for every locked package that applies on a platform (by its marker), for
 a file that installs there on CPython 3.11: a wheel whose tags fit, or an sdist (which pip builds),
 and whose sha256 is among the lock's hashes. It needs the network, so it is not part of the tests.
@@ -19,6 +23,7 @@ and whose sha256 is among the lock's hashes. It needs the network, so it is not 
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 import tomllib
@@ -26,7 +31,7 @@ import urllib.request
 from pathlib import Path
 
 from packaging.markers import Marker
-from packaging.specifiers import SpecifierSet
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.tags import compatible_tags, cpython_tags, mac_platforms
 from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
@@ -40,7 +45,10 @@ def _files(index: str, name: str) -> list[dict]:
         f"{index}/{canonicalize_name(name)}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
     )
     with urllib.request.urlopen(request, timeout=60) as response:
-        return json.load(response)["files"]
+        try:
+            return json.load(response)["files"]
+        except (json.JSONDecodeError, KeyError) as err:
+            raise SystemExit(f"{index} answered no JSON simple API for {name} ({err}); use an index that has one") from err
 
 
 def _version_of(filename: str) -> Version | None:
@@ -59,8 +67,10 @@ def newest_release(index: str, name: str, specifier: SpecifierSet) -> tuple[Vers
         version = _version_of(file["filename"])
         if version is None or version.is_prerelease or file.get("yanked"):
             continue
-        requires = file.get("requires-python")
-        if requires and PYTHON not in SpecifierSet(requires):
+        try:
+            if file.get("requires-python") and PYTHON not in SpecifierSet(file["requires-python"]):
+                continue
+        except InvalidSpecifier:
             continue
         if version in specifier:
             releases.setdefault(version, []).append(file)
@@ -78,7 +88,8 @@ def complete(lock: dict, pipfile: dict) -> list[str]:
         for name, spec in pipfile.get(section, {}).items():
             if not isinstance(spec, dict) or "markers" not in spec:
                 continue
-            entry = lock[lock_section].setdefault(name, {})
+            key = next((k for k in lock[lock_section] if canonicalize_name(k) == canonicalize_name(name)), name)
+            entry = lock[lock_section].setdefault(key, {})
             if entry.get("version") and entry.get("hashes"):
                 continue
             wanted = spec.get("version", "*")
@@ -129,7 +140,7 @@ def check(lock: dict) -> int:
                 sdists += 1
             else:
                 missing.append(f"{name}=={version}")
-        problems += bool(missing) and platform in ("macos-arm64", "windows-amd64", "linux-x86_64")
+        problems += bool(missing) and platform != "macos-x86_64"  # no torch wheels for Intel Macs at all
         print(f"{platform}: {wheels} wheels, {sdists} sdists only" + (f"; NO FILE for {', '.join(missing)}" if missing else ""))
     return 1 if problems else 0
 
@@ -137,13 +148,15 @@ def check(lock: dict) -> int:
 def main() -> int:
     if sys.argv[1:] == ["--check"]:
         return check(json.loads((REPO / "Pipfile.lock").read_text()))
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        raise SystemExit("re-lock on Linux x86_64 (see this script's docstring); --check runs anywhere")
     subprocess.run(["pipenv", "lock", *sys.argv[1:]], cwd=REPO, check=True)
     path = REPO / "Pipfile.lock"
     lock = json.loads(path.read_text())
     pipfile = tomllib.loads((REPO / "Pipfile").read_text())
     for line in complete(lock, pipfile):
         print("completed", line)
-    path.write_text(json.dumps(lock, indent=4, sort_keys=True) + "\n")
+    path.write_text(json.dumps(lock, indent=4, sort_keys=True) + "\n", newline="\n")  # as Pipenv writes it
     return 0
 
 

@@ -119,6 +119,12 @@ def save_checkpoint(
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(tmp)
+        if unsafe:  # e.g. a NumPy scalar or a dataclass in `extra`: the file could never be loaded back
+            raise CheckpointError(
+                f"not saved: the checkpoint would hold {', '.join(unsafe)}, which load_checkpoint refuses; "
+                f"keep history and extra to tensors, numbers, strings and containers"
+            )
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -143,14 +149,14 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        named = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        named = re.search(r"GLOBAL (\S+)", str(err))  # "Unsupported global: GLOBAL io.open", "... GLOBAL posix.system whose module ..."
         if named is None:  # not a pickle of ours at all (a text file, another format)
             reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", str(err), re.S)
             raise CheckpointError(
                 f"{path} could not be read as a checkpoint ({reason.group(1).strip() if reason else 'not a PyTorch file'})"
             ) from err
         raise CheckpointError(
-            f"{path} refers to {named.group(1)}, which is not a tensor, number, string or plain container, so it "
+            f"{path} refers to {named.group(1)}, which is not a tensor or plain data (numbers, strings, containers), so it "
             f"was not opened (opening it could run code from it). Load it with torch.load(..., "
             f"weights_only=False) only if you trust where it came from."
         ) from err

@@ -374,19 +374,25 @@ def _unpickle_cifar(path: Path) -> tuple[np.ndarray, list[int]]:
     """One batch file, after checking it is the published file (torchvision's md5), read with an
     unpickler that cannot run code: a file that fails either check is refused with an error naming it."""
     import hashlib
+    import io
 
     expected = _cifar_md5s().get(path.name)
-    digest = hashlib.md5(path.read_bytes()).hexdigest()
+    raw = path.read_bytes()  # checked and unpickled from the same bytes: the file cannot change between
+    digest = hashlib.md5(raw, usedforsecurity=False).hexdigest()  # a checksum, as torchvision's (FIPS-safe)
     if digest != expected:
         raise DatasetFileError(
             f"{path} is not the published CIFAR-10 file (md5 {digest}, expected {expected}), so it was not "
             f"opened. Delete the folder {path.parent} and download CIFAR-10 again, or use the image export."
         )
     try:
-        with open(path, "rb") as f:
-            entry = _CifarUnpickler(f, encoding="latin1").load()
-        return entry["data"], entry.get("labels", entry.get("fine_labels"))
-    except (pickle.UnpicklingError, KeyError, TypeError, EOFError) as err:
+        entry = _CifarUnpickler(io.BytesIO(raw), encoding="latin1").load()
+        data, labels = entry["data"], list(entry.get("labels", entry.get("fine_labels")))
+        if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+            raise ValueError("'data' is not a (N, 3072) uint8 array")
+        if len(labels) != len(data) or not all(isinstance(v, int) and 0 <= v < 10 for v in labels):
+            raise ValueError("'labels' are not N integers in 0..9")
+        return data, labels
+    except (pickle.UnpicklingError, KeyError, TypeError, ValueError, AttributeError, EOFError) as err:
         raise DatasetFileError(f"{path} is not a CIFAR-10 batch file ({err}); it was not used.") from err
 
 

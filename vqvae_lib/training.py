@@ -414,7 +414,7 @@ def evaluate(
                 continue
             x = x.to(dev, dtype)
             x_hat, q = core(x)
-            sse += float((x_hat.float() - x).pow(2).sum(dtype=torch.float64))
+            sse += float((x_hat.to(x.dtype) - x).pow(2).sum(dtype=torch.float64))
             total += x.numel()
             sum_x += float(x.sum(dtype=torch.float64))
             sum_x2 += float(x.pow(2).sum(dtype=torch.float64))
