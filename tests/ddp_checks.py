@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from vqvae_lib import TrainConfig, load_dataset, loss_terms, make_loader, train
-from vqvae_lib.train import _wrap_distributed
+from vqvae_lib.runtime import wrap_distributed
 
 STEPS = 20
 GLOBAL_BATCH = 64
@@ -72,7 +72,7 @@ def one_step(data, rank: int, world: int) -> dict[str, torch.Tensor]:
     usage counts and gradients (averaged over the processes, in a distributed run)."""
     x_whole = next(iter(make_loader(data, GLOBAL_BATCH, seed=CONFIG.seed)))[0].double()
     x = x_whole.chunk(world)[rank]
-    model = _wrap_distributed(_fresh_model(), torch.device("cpu"))
+    model = wrap_distributed(_fresh_model(), torch.device("cpu"))
     core = getattr(model, "module", model)
     out = {}
     with torch.no_grad():
@@ -95,7 +95,7 @@ def one_step(data, rank: int, world: int) -> dict[str, torch.Tensor]:
 
 def whole_run(data, test, rank: int, world: int) -> dict[str, torch.Tensor]:
     """``train`` for STEPS steps: final weights and buffers, the logged losses and the test metrics."""
-    model = _wrap_distributed(_fresh_model(), torch.device("cpu"))
+    model = wrap_distributed(_fresh_model(), torch.device("cpu"))
     loader = make_loader(data, GLOBAL_BATCH // world, seed=CONFIG.seed, rank=rank, world_size=world)
     ran = train(model, loader, steps=STEPS, lr=CONFIG.lr, lr_schedule=CONFIG.lr_schedule,
                 warmup_steps=CONFIG.warmup_steps, device="cpu", eval_loader=make_loader(test, 64, shuffle=False),

@@ -77,3 +77,17 @@ def test_ema_option_builds_ema_quantizer_and_config_round_trips():
     rebuilt = VQVAE(**model.config)
     assert rebuilt.config == model.config
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
+def test_eval_mode_restores_the_mode_even_after_an_error():
+    from vqvae_lib import eval_mode
+
+    model = VQVAE(in_channels=1, hidden_channels=8, residual_hidden_channels=4, embedding_dim=4, num_embeddings=8)
+    with pytest.raises(RuntimeError):
+        with eval_mode(model):
+            assert not model.training and not model.quantizer.training
+            raise RuntimeError("interrupted")
+    assert model.training and model.quantizer.training
+    with eval_mode(model.eval()):
+        pass
+    assert not model.training  # a model in eval mode stays there

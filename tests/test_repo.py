@@ -29,3 +29,43 @@ def test_pipfile_pins_torch_and_has_no_custom_index():
     pipfile = (REPO / "Pipfile").read_text()
     assert 'torch = "==2.14.1"' in pipfile and 'torchvision = "==0.29.1"' in pipfile
     assert "[[source]]" not in pipfile and "url" not in pipfile
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Each vqvae_lib module and the vqvae_lib modules it imports, anywhere in the file (lazy too)."""
+    import ast
+
+    graph = {}
+    for path in sorted((REPO / "vqvae_lib").glob("*.py")):
+        name = path.stem
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vqvae_lib."):
+                found.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("vqvae_lib.")}
+        graph[name] = found - {name}
+    return graph
+
+
+def test_the_library_has_no_import_cycle():
+    graph = _package_imports()
+    assert graph["runtime"] == set() and graph["paths"] == set(), "runtime and paths import nothing of ours"
+    # arrows point down: the models know nothing of files, training or the command line
+    assert not ({"checkpoint", "training", "paths", "train"} & (graph["model"] | graph["quantizer"])), graph["model"]
+
+    def cycle_from(start: str, node: str, seen: tuple[str, ...]) -> tuple[str, ...] | None:
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == start:
+                return (*seen, nxt)
+            if nxt not in seen and nxt != "__init__":
+                found = cycle_from(start, nxt, (*seen, nxt))
+                if found:
+                    return found
+        return None
+
+    for module in graph:
+        if module != "__init__":
+            assert cycle_from(module, module, (module,)) is None, " -> ".join(cycle_from(module, module, (module,)))

@@ -157,3 +157,21 @@ def test_cifar_reader_admits_what_the_published_files_are_made_of(tmp_path, monk
     monkeypatch.setattr(vqvae_lib.data, "_cifar_md5s", lambda: md5s)
     test = load_dataset("cifar10", "test", root=tmp_path, download=False)
     assert np.array_equal(test.images.reshape(4, -1).numpy(), data) and test.labels.tolist() == labels
+
+
+def test_a_checkpoint_names_its_class_by_import_path_within_this_package(tmp_path):
+    """The class comes from the file, so only vqvae_lib's own model classes may be named: a file that
+    names ``subprocess:run`` with a config of arguments would otherwise run a command."""
+    path = save_checkpoint(tmp_path / "good.pt", _small_model(), step=1)
+    state = torch.load(path, weights_only=True)
+    assert state["model_class"] == "vqvae_lib.model:VQVAE"
+    marker = tmp_path / "payload-ran"
+    for name, config in (("subprocess:run", {"args": ["touch", str(marker)]}), ("os:system", {"command": f"touch {marker}"}),
+                         ("vqvae_lib.checkpoint:save_checkpoint", {}), ("vqvae_lib.model:NoSuchModel", {})):  # fmt: skip
+        torch.save({**state, "model_class": name, "model_config": config}, tmp_path / "named.pt")
+        with pytest.raises(CheckpointError, match="not one of vqvae_lib's models|not a model class|cannot build"):
+            load_checkpoint(tmp_path / "named.pt")
+        assert not marker.exists()
+    # checkpoints written before import paths name the bare class, as the committed ones do
+    torch.save({**state, "model_class": "VQVAE"}, tmp_path / "old.pt")
+    assert type(load_checkpoint(tmp_path / "old.pt")).__name__ == "VQVAE"

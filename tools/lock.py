@@ -122,7 +122,7 @@ def check(lock: dict) -> int:
     entries = {canonicalize_name(k): v for s in ("develop", "default") for k, v in lock[s].items() if "version" in v}
     files = {name: _files(index, name) for name in sorted(entries)}
     problems = 0
-    for platform, (env, platform_tags) in PLATFORMS.items():
+    for target, (env, platform_tags) in PLATFORMS.items():
         tags = set(cpython_tags((3, 11), ["cp311", "abi3", "none"], platform_tags)) | set(
             compatible_tags((3, 11), "cp311", platform_tags)
         )
@@ -140,8 +140,8 @@ def check(lock: dict) -> int:
                 sdists += 1
             else:
                 missing.append(f"{name}=={version}")
-        problems += bool(missing) and platform != "macos-x86_64"  # no torch wheels for Intel Macs at all
-        print(f"{platform}: {wheels} wheels, {sdists} sdists only" + (f"; NO FILE for {', '.join(missing)}" if missing else ""))
+        problems += bool(missing) and target != "macos-x86_64"  # no torch wheels for Intel Macs at all
+        print(f"{target}: {wheels} wheels, {sdists} sdists only" + (f"; NO FILE for {', '.join(missing)}" if missing else ""))
     return 1 if problems else 0
 
 

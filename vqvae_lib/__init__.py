@@ -3,32 +3,22 @@
     from vqvae_lib import VQVAE, load_dataset, make_loader, train, evaluate
 """
 
-from .checkpoint import (
-    CheckpointError,
-    checkpoint_dir,
-    find_checkpoint,
-    load_checkpoint,
-    pretrained_dir,
-    read_checkpoint,
-    save_checkpoint,
-)
+from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .data import (
-    DATA_ROOT_ENV,
     BatchLoader,
     DatasetFileError,
     DatasetNotFoundError,
     ImageFolderDataset,
     TensorImageDataset,
-    data_root,
     dataset_variance,
     load_dataset,
     load_test_set,
     make_loader,
-    project_relative,
 )
 from .interpolation import interpolate_latents, save_gif
 from .metrics import codes_used, nmse, perplexity, psnr
 from .model import VQVAE, Decoder, Encoder, ResidualBlock, ResidualStack, loss_terms
+from .paths import DATA_ROOT_ENV, checkpoint_dir, data_root, find_checkpoint, pretrained_dir, project_relative
 from .prior import GatedPixelCNN, PriorConfig, evaluate_prior, extract_codes, sample, sample_indices, train_prior
 from .quantizer import (
     QuantizerOutput,
@@ -38,16 +28,8 @@ from .quantizer import (
     nearest_code,
     squared_distances,
 )
-from .training import (
-    FAST_ENV,
-    TrainConfig,
-    TrainResult,
-    evaluate,
-    fast_mode,
-    pick_device,
-    seed_everything,
-    train,
-)
+from .runtime import FAST_ENV, eval_mode, fast_mode, pick_device, seed_everything, unwrap
+from .training import TrainConfig, TrainResult, evaluate, train
 
 __version__ = "0.1.0"
 
@@ -55,9 +37,9 @@ __all__ = [
     "BatchLoader", "CheckpointError", "DATA_ROOT_ENV", "DatasetFileError", "DatasetNotFoundError", "Decoder", "Encoder",
     "FAST_ENV", "GatedPixelCNN", "ImageFolderDataset", "PriorConfig", "QuantizerOutput", "ResidualBlock", "ResidualStack",
     "TensorImageDataset", "TrainConfig", "TrainResult", "VQVAE", "VectorQuantizer", "VectorQuantizerEMA",
-    "checkpoint_dir", "codes_used", "data_root", "dataset_variance", "evaluate", "evaluate_prior",
+    "checkpoint_dir", "codes_used", "data_root", "dataset_variance", "eval_mode", "evaluate", "evaluate_prior",
     "extract_codes", "fast_mode", "find_checkpoint", "interpolate_latents", "kmeans", "load_checkpoint",
     "load_dataset", "load_test_set", "loss_terms", "make_loader", "nearest_code", "nmse", "perplexity",
     "pick_device", "pretrained_dir", "project_relative", "psnr", "read_checkpoint", "sample", "sample_indices", "save_checkpoint",
-    "save_gif", "seed_everything", "squared_distances", "train", "train_prior",
+    "save_gif", "seed_everything", "squared_distances", "train", "train_prior", "unwrap",
 ]  # fmt: skip

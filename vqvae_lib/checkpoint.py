@@ -11,81 +11,52 @@ import os
 import pickle
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
+from .runtime import unwrap
+
 __all__ = [
-    "CHECKPOINT_DIR_ENV",
     "CheckpointError",
-    "checkpoint_dir",
-    "find_checkpoint",
     "load_checkpoint",
-    "pretrained_dir",
     "read_checkpoint",
-    "register_model_class",
     "save_checkpoint",
 ]
 
 FORMAT = "vqvae_lib.checkpoint/1"
-CHECKPOINT_DIR_ENV = "VQVAE_CHECKPOINT_DIR"
-# which notebook trains the model that find_checkpoint(name) looks for
-MADE_BY = {
-    "mnist": "04_mnist.ipynb",
-    "cifar10": "05_cifar10.ipynb",
-    "food101": "06_food101_and_your_own_images.ipynb",
-    "mnist_prior": "08_prior_and_sampling.ipynb",
-    "cifar10_prior": "08_prior_and_sampling.ipynb",
-}
-_MODEL_CLASSES: dict[str, Callable[..., nn.Module]] = {}
+# Classes are named by import path, "module:qualname" (as diffusers' configs do); checkpoints written
+# before that name the bare class, which these map.
+_OLD_NAMES = {"VQVAE": "vqvae_lib.model:VQVAE", "GatedPixelCNN": "vqvae_lib.prior:GatedPixelCNN"}
 
 
 class CheckpointError(RuntimeError):
     """A file is not a checkpoint of ours, or does not fit the model it is loaded into."""
 
 
-def register_model_class(cls: type) -> type:
-    """Let checkpoints rebuild instances of ``cls`` (which must have a ``config`` dict of its init args)."""
-    _MODEL_CLASSES[cls.__name__] = cls
-    return cls
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def checkpoint_dir() -> Path:
-    """Where the notebooks save the models they train: ``VQVAE_CHECKPOINT_DIR`` or ``data/checkpoints``."""
-    from .data import project_dir
+def _model_class(path: Path, name: str) -> type:
+    """The class a checkpoint names. Only this package's ``nn.Module`` classes: importing an arbitrary
+    module and calling whatever it names with the stored config would run code from the file."""
+    import importlib
 
-    env = os.environ.get(CHECKPOINT_DIR_ENV)
-    return Path(env).expanduser() if env else project_dir() / "data" / "checkpoints"
-
-
-def pretrained_dir() -> Path:
-    """The checkpoints committed with the repository (``data/pretrained``), trained in full mode."""
-    from .data import project_dir
-
-    return project_dir() / "data" / "pretrained"
-
-
-def find_checkpoint(name: str, prefer: str = "own") -> Path:
-    """``<name>.pt`` from your own runs (:func:`checkpoint_dir`) or the committed pretrained ones.
-
-    ``prefer="own"`` takes your run when there is one, ``"pretrained"`` the committed one. A missing
-    checkpoint raises ``FileNotFoundError`` naming the notebook that makes it.
-    """
-    own, pretrained = checkpoint_dir() / f"{name}.pt", pretrained_dir() / f"{name}.pt"
-    order = [own, pretrained] if prefer == "own" else [pretrained, own]
-    for path in order:
-        if path.exists():
-            return path
-    notebook = MADE_BY.get(name, "the notebook that trains it")
-    raise FileNotFoundError(
-        f"no checkpoint '{name}': looked for {own} and {pretrained}. Run notebooks/{notebook} "
-        f"to train it (fast mode takes about a minute)."
-    )
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)  # DistributedDataParallel / compiled wrappers
+    name = _OLD_NAMES.get(name, name)
+    module_name, _, qualname = name.partition(":")
+    if not (module_name == "vqvae_lib" or module_name.startswith("vqvae_lib.")) or not qualname:
+        raise CheckpointError(f"{path} names the class {name!r}, which is not one of vqvae_lib's models")
+    try:
+        obj = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as err:
+        raise CheckpointError(f"{path} holds a {name}, which this version of vqvae_lib cannot build") from err
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        raise CheckpointError(f"{path} names {name}, which is not a model class")
+    return obj
 
 
 def save_checkpoint(
@@ -98,12 +69,12 @@ def save_checkpoint(
     extra: dict | None = None,
 ) -> Path:
     """Atomically write model config + weights (+ optimizer, scheduler, step, history, RNG state)."""
-    model = _unwrap(model)
+    model = unwrap(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "format": FORMAT,
-        "model_class": type(model).__name__,
+        "model_class": _class_path(type(model)),
         "model_config": dict(model.config),
         "model_state": model.state_dict(),
         "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
@@ -183,20 +154,17 @@ def load_checkpoint(
     equal the stored one; otherwise :class:`CheckpointError` lists the differences. The returned
     model carries ``checkpoint_step`` and ``checkpoint_history`` for reading.
     """
-    from . import model as _model_module  # noqa: F401  (registers VQVAE)
-
     state = read_checkpoint(path)
-    cls_name, config = state["model_class"], state["model_config"]
+    cls = _model_class(Path(path), state["model_class"])
+    cls_name, config = cls.__name__, state["model_config"]
     if model is None:
-        if cls_name not in _MODEL_CLASSES:
-            raise CheckpointError(f"{path} holds a {cls_name}, which this version of vqvae_lib cannot build")
         try:
-            model = _MODEL_CLASSES[cls_name](**config)
+            model = cls(**config)
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: its model_config does not build a {cls_name} ({err})") from err
     else:
-        target = _unwrap(model)
-        if type(target).__name__ != cls_name:
+        target = unwrap(model)
+        if type(target) is not cls:
             raise CheckpointError(f"{path} holds a {cls_name}, not a {type(target).__name__}")
         own = dict(getattr(target, "config", {}))
         diffs = {k: (config.get(k), own.get(k)) for k in set(config) | set(own) if config.get(k) != own.get(k)}
@@ -206,7 +174,7 @@ def load_checkpoint(
                 f"{path} was saved from a model with a different configuration:\n{lines}\n"
                 f"Load it with load_checkpoint(path) (no model) to rebuild the saved one."
             )
-    target = _unwrap(model)
+    target = unwrap(model)
     try:
         target.load_state_dict(state["model_state"])
     except RuntimeError as err:

@@ -4,12 +4,7 @@ Every dataset yields ``(x, y)`` with ``x`` a float tensor ``(C, H, W)`` in [0, 1
 (-1 for an unlabelled flat folder). MNIST and CIFAR10 (and small folders) are held in memory as
 uint8 tensors: converting a whole batch at once is far faster than a PIL transform per sample.
 
-Where data lives (the *data root*), first match wins:
-  1. the ``root`` argument;
-  2. the ``VQVAE_DATA_ROOT`` environment variable;
-  3. ``data/`` in the repository this package was installed from (found from the package itself,
-     so notebooks in any working directory agree), or ``~/.cache/vqvae_lib/data`` for a
-     non-editable install.
+Where data lives (the *data root*): see :mod:`vqvae_lib.paths`.
 
 Layout under the root (the same as torchvision's, so its downloads land in place):
   ``MNIST/raw/*-ubyte``, ``cifar-10-batches-py/`` or ``cifar10-images/{train,test}/<class>/*.jpg``,
@@ -33,14 +28,12 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from .paths import DATA_ROOT_ENV, data_root
+
 __all__ = [
-    "DATA_ROOT_ENV",
     "CIFAR10_CLASSES",
     "DatasetFileError",
     "DatasetNotFoundError",
-    "data_root",
-    "project_dir",
-    "project_relative",
     "load_dataset",
     "load_test_set",
     "TensorImageDataset",
@@ -51,7 +44,6 @@ __all__ = [
     "to_tensor_dataset",
 ]
 
-DATA_ROOT_ENV = "VQVAE_DATA_ROOT"
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
@@ -65,37 +57,6 @@ class DatasetNotFoundError(FileNotFoundError):
 
 class DatasetFileError(ValueError):
     """A dataset file is not the file it should be (checksum, format); it was not opened or used."""
-
-
-def data_root(root: str | os.PathLike | None = None) -> Path:
-    """The folder datasets are read from and downloaded to (see the module docstring)."""
-    if root is not None:
-        return Path(root).expanduser().resolve()
-    env = os.environ.get(DATA_ROOT_ENV)
-    if env:
-        return Path(env).expanduser().resolve()
-    return project_dir() / "data"
-
-
-def project_dir() -> Path:
-    """The repository this package was installed from (editable install), or
-    ``~/.cache/vqvae_lib`` when it was installed as a plain package."""
-    repo = Path(__file__).resolve().parent.parent
-    if (repo / "pyproject.toml").exists() and (repo / "vqvae_lib").is_dir():
-        return repo
-    return Path.home() / ".cache" / "vqvae_lib"
-
-
-def project_relative(path: str | os.PathLike) -> Path:
-    """``path`` relative to the repository (or to the data root) when it lies inside it, else as it is:
-    what the notebooks print, so that their committed outputs name no folder of the machine that ran them."""
-    path = Path(path).resolve()
-    for base in (project_dir(), data_root()):
-        try:
-            return path.relative_to(base.resolve())
-        except ValueError:
-            continue
-    return path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .model import VQVAE
+from .runtime import eval_mode
 
 __all__ = ["interpolate_latents", "frames_to_uint8", "save_gif"]
 
@@ -30,9 +31,7 @@ def interpolate_latents(model: VQVAE, x_a: Tensor, x_b: Tensor, steps: int = 16,
         raise ValueError(f"space must be 'continuous' or 'quantized', not {space!r}")
     if steps < 2:
         raise ValueError("steps must be at least 2")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         device = next(model.parameters()).device
         pair = torch.stack([x.reshape(x.shape[-3:]) for x in (x_a, x_b)]).to(device)
         z_e = model.encode(pair)
@@ -44,8 +43,6 @@ def interpolate_latents(model: VQVAE, x_a: Tensor, x_b: Tensor, steps: int = 16,
             z_q_ends = model.quantize(z_e).z_q
             z_q = (1 - t) * z_q_ends[0:1] + t * z_q_ends[1:2]
         return model.decode(z_q).clamp(0, 1).cpu()
-    finally:
-        model.train(was_training)
 
 
 def frames_to_uint8(frames: Tensor, scale: int = 1) -> np.ndarray:

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import register_model_class
 from .quantizer import QuantizerOutput, VectorQuantizer, VectorQuantizerEMA
+from .runtime import eval_mode
 
 __all__ = ["ResidualBlock", "ResidualStack", "Encoder", "Decoder", "VQVAE", "loss_terms"]
 
@@ -129,7 +129,6 @@ class Decoder(nn.Module):
         return self.net(z_q)
 
 
-@register_model_class
 class VQVAE(nn.Module):
     """Encoder, vector quantizer and decoder, with the paper's three-part loss.
 
@@ -252,12 +251,8 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """Reconstruction clamped to [0, 1], in eval mode, without gradient."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return self(x)[0].clamp(0, 1)
-        finally:
-            self.train(was_training)
 
 
 def loss_terms(x: Tensor, x_hat: Tensor, q: QuantizerOutput, beta: float) -> dict[str, Tensor]:

@@ -15,8 +15,8 @@ import os
 import time
 from pathlib import Path
 
-from .data import project_dir
-from .training import FAST_ENV
+from .paths import project_dir
+from .runtime import FAST_ENV
 
 __all__ = ["notebook_paths", "clean_notebook", "execute_notebook"]
 

@@ -36,8 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import register_model_class, save_checkpoint
-from .training import TrainResult, _make_scheduler, fast_mode, pick_device, seed_everything
+from .checkpoint import save_checkpoint
+from .runtime import eval_mode, fast_mode, pick_device, seed_everything, unwrap
+from .training import TrainResult, _make_scheduler
 
 __all__ = [
     "CausalConv2d",
@@ -113,7 +114,6 @@ class GatedLayer(nn.Module):
         return _gate(v_feat), h + self.h_out(_gate(h_feat))
 
 
-@register_model_class
 class GatedPixelCNN(nn.Module):
     """Autoregressive prior over ``(h, w)`` grids of ``K`` code indices.
 
@@ -236,16 +236,12 @@ def extract_codes(
     from .data import make_loader
 
     dev = pick_device(device)
-    vqvae = getattr(vqvae, "module", vqvae)
-    was_training = vqvae.training
-    vqvae.to(dev).eval()
+    vqvae = unwrap(vqvae)
     codes, labels = [], []
-    try:
+    with eval_mode(vqvae.to(dev)):
         for x, y in tqdm(make_loader(dataset, batch_size, shuffle=False), desc="encoding", disable=not progress):
             codes.append(vqvae.encode_indices(x.to(dev)).cpu())
             labels.append(torch.as_tensor(y).long())
-    finally:
-        vqvae.train(was_training)
     return torch.cat(codes), torch.cat(labels)
 
 
@@ -273,16 +269,12 @@ def evaluate_prior(
     """Test negative log-likelihood: ``nll_nats`` and ``bits_per_code`` per code, ``uniform_nats`` (``log K``)
     for comparison, and ``bits_per_image`` for a whole grid."""
     dev = next(prior.parameters()).device
-    was_training = prior.training
-    prior.eval()
     total = 0.0
-    try:
+    with eval_mode(prior):
         for start in range(0, len(codes), batch_size):
             idx = codes[start : start + batch_size].to(dev)
             lab = labels[start : start + batch_size].to(dev) if prior.num_classes else None
             total += float(F.cross_entropy(prior(idx, lab), idx, reduction="sum"))
-    finally:
-        prior.train(was_training)
     nats = total / codes.numel()
     h, w = codes.shape[1:]
     return {
@@ -423,15 +415,11 @@ def sample_indices(
     generator = torch.Generator(device=dev)
     generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
     grid = torch.zeros(n, h, w, dtype=torch.long, device=dev)
-    was_training = prior.training
-    prior.eval()
-    try:
+    with eval_mode(prior):
         for i in range(h):
             for j in range(w):
                 probs = F.softmax(prior(grid, labels)[:, :, i, j].float() / temperature, dim=1)
                 grid[:, i, j] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-    finally:
-        prior.train(was_training)
     return grid
 
 
@@ -445,16 +433,12 @@ def sample(
     seed: int | None = None,
 ) -> Tensor:
     """Generate ``n`` images ``(n, C, H, W)`` in [0, 1]: sample code grids, decode them with ``vqvae``."""
-    vqvae = getattr(vqvae, "module", vqvae)
+    vqvae = unwrap(vqvae)
     k = vqvae.quantizer.num_embeddings
     if k != prior.num_embeddings:
         raise ValueError(f"the prior models {prior.num_embeddings} codes but the VQ-VAE has {k}")
     grid = sample_indices(prior, n, label, temperature, seed=seed)
-    was_training = vqvae.training
-    vqvae.eval()
-    try:
+    with eval_mode(vqvae):
         dev = next(vqvae.parameters()).device
         return vqvae.decode_indices(grid.to(dev)).clamp(0, 1)
-    finally:
-        vqvae.train(was_training)
 

@@ -21,9 +21,10 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .runtime import all_gather_rows, all_reduce_sum, broadcast
 
 __all__ = [
     "QuantizerOutput",
@@ -115,31 +116,6 @@ def _sample_rows(n: int, k: int, device: torch.device, generator: torch.Generato
     return torch.randint(n, (k,), generator=generator).to(device)
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _all_reduce_sum(t: Tensor) -> Tensor:
-    if _distributed():
-        dist.all_reduce(t)
-    return t
-
-
-def _all_gather_rows(flat: Tensor) -> Tensor:
-    """Every rank's rows, concatenated in rank order (as one process would hold the whole batch)."""
-    if not _distributed():
-        return flat
-    parts = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, flat.contiguous())
-    return torch.cat(parts)
-
-
-def _broadcast(t: Tensor) -> Tensor:
-    if _distributed():
-        dist.broadcast(t, src=0)
-    return t
-
-
 class _QuantizerBase(nn.Module):
     """Shared machinery: nearest-code search, straight-through estimator, codebook health.
 
@@ -200,14 +176,14 @@ class _QuantizerBase(nn.Module):
     def init_from_data(self, z_e: Tensor, method: str = "kmeans") -> None:
         """Set every code from encoder outputs ``z_e`` (``(B, D, H, W)`` or ``(N, D)``)."""
         flat = self._flatten(z_e).detach().float() if z_e.dim() == 4 else z_e.detach().float()
-        flat = _all_gather_rows(flat)  # distributed: initialise from the whole global batch
+        flat = all_gather_rows(flat)  # distributed: initialise from the whole global batch
         if method == "kmeans":
             vectors = kmeans(flat, self.num_embeddings, self.kmeans_iterations)
         elif method == "random":
             vectors = flat[_sample_rows(flat.shape[0], self.num_embeddings, flat.device, None)]
         else:
             raise ValueError(f"method must be 'kmeans' or 'random', not {method!r}")
-        vectors = _broadcast(vectors.to(self.codebook.dtype).contiguous())
+        vectors = broadcast(vectors.to(self.codebook.dtype).contiguous())
         self._set_codes(torch.arange(self.num_embeddings, device=vectors.device), vectors)
         self.steps_unused.zero_()
         self.initialised.fill_(True)
@@ -221,9 +197,9 @@ class _QuantizerBase(nn.Module):
         dead = torch.nonzero(self.steps_unused >= threshold).flatten()
         if dead.numel() == 0:
             return 0
-        flat = _all_gather_rows(self._flatten(z_e).detach() if z_e.dim() == 4 else z_e.detach())
+        flat = all_gather_rows(self._flatten(z_e).detach() if z_e.dim() == 4 else z_e.detach())
         vectors = flat[_sample_rows(flat.shape[0], dead.numel(), flat.device, None)]
-        vectors = _broadcast(vectors.to(self.codebook.dtype).contiguous())
+        vectors = broadcast(vectors.to(self.codebook.dtype).contiguous())
         self._set_codes(dead, vectors)
         self.steps_unused[dead] = 0
         self.restarted_codes += int(dead.numel())
@@ -273,7 +249,7 @@ class _QuantizerBase(nn.Module):
             indices = nearest_code(flat.detach().to(self.codebook.dtype), self.codebook)
             counts = torch.bincount(indices, minlength=self.num_embeddings)
             if self.training:  # usage and EMA statistics are global; evaluation stays per process
-                counts = _all_reduce_sum(counts)
+                counts = all_reduce_sum(counts)
         quantized = F.embedding(indices, self.codebook).to(flat.dtype)
         if self.training:
             self._track_usage(counts)
@@ -376,7 +352,7 @@ class VectorQuantizerEMA(_QuantizerBase):
     @torch.no_grad()
     def _update_codebook(self, flat: Tensor, indices: Tensor, counts: Tensor) -> None:
         embed_sum = torch.zeros_like(self.ema_embed_sum).index_add_(0, indices, flat.detach().to(self.ema_embed_sum.dtype))
-        embed_sum = _all_reduce_sum(embed_sum)
+        embed_sum = all_reduce_sum(embed_sum)
         self.ema_cluster_size.mul_(self.decay).add_(counts.to(self.ema_cluster_size.dtype), alpha=1 - self.decay)
         self.ema_embed_sum.mul_(self.decay).add_(embed_sum, alpha=1 - self.decay)
         n = self.ema_cluster_size.sum()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import types
 from pathlib import Path
@@ -28,9 +27,10 @@ from typing import Any
 
 import torch
 
-from .checkpoint import checkpoint_dir
 from .data import load_dataset, load_test_set, make_loader
-from .training import TrainConfig, pick_device, seed_everything
+from .paths import checkpoint_dir
+from .runtime import end_distributed, init_distributed, pick_device, replica_difference, seed_everything, wrap_distributed
+from .training import TrainConfig
 from .training import train as train_loop
 
 
@@ -77,34 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_distributed() -> tuple[int, int, torch.device | None]:
-    """Join the ``torchrun`` process group if there is one: ``(rank, world_size, device or None)``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, None
-    import torch.distributed as dist
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl")
-        return dist.get_rank(), world, torch.device("cuda", local_rank)
-    dist.init_process_group("gloo")
-    return dist.get_rank(), world, torch.device("cpu")
-
-
-def _wrap_distributed(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``model`` in DistributedDataParallel when this process is one of several (gradients are then
-    averaged over the processes in backward), else ``model`` itself."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
 def _take(dataset, n: int, seed: int):
     """``n`` images of ``dataset`` drawn with ``seed`` (all of them if it has fewer)."""
     if n >= len(dataset):
@@ -116,23 +88,12 @@ def _take(dataset, n: int, seed: int):
     return Subset(dataset, torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist())
 
 
-def _replica_difference(model: torch.nn.Module) -> float:
-    """Largest difference of any weight or buffer between the processes (0 when they agree)."""
-    import torch.distributed as dist
-
-    flat = torch.cat([t.detach().double().flatten().cpu() for t in model.state_dict().values() if t.is_floating_point()])
-    low, high = flat.clone(), flat.clone()
-    dist.all_reduce(low, op=dist.ReduceOp.MIN)
-    dist.all_reduce(high, op=dist.ReduceOp.MAX)
-    return float((high - low).max())
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if not f.name.startswith("_") and getattr(args, f.name, None) is not None}  # fmt: skip
     cfg = TrainConfig.preset(args.preset, **overrides)
-    rank, world, dist_device = _setup_distributed()
+    rank, world, dist_device = init_distributed()
     main_process = rank == 0
     if cfg.batch_size % world:
         raise SystemExit(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
@@ -153,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval_subset:
         test_set = _take(test_set, args.eval_subset, cfg.seed)
 
-    model = _wrap_distributed(cfg.build_model().to(device), device)  # the seed gives every process the same weights
+    model = wrap_distributed(cfg.build_model().to(device), device)  # the seed gives every process the same weights
     if args.amp and device.type == "cuda":
         _autocast_forward(model)
     loader = make_loader(train_set, cfg.batch_size // world, seed=cfg.seed, rank=rank, world_size=world)
@@ -168,13 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         seed=cfg.seed, progress=not args.no_progress,
     )  # fmt: skip
     if world > 1:
-        import torch.distributed as dist
-
-        difference = _replica_difference(model)
+        difference = replica_difference(model)
         if main_process:
             print(f"max weight difference across {world} processes: {difference:.3g}")
-        dist.barrier()
-        dist.destroy_process_group()
+        end_distributed()
         if difference > 0:
             print("the processes' weights diverged", file=sys.stderr)
             return 1

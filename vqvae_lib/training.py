@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -19,7 +17,18 @@ from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .data import BatchLoader, make_loader
 from .metrics import codes_used, nmse, perplexity, psnr
 from .model import VQVAE, loss_terms
-from .quantizer import _all_reduce_sum
+from .runtime import (
+    FAST_ENV,
+    all_reduce_sum,
+    eval_mode,
+    fast_mode,
+    is_main_process,
+    mean_over_ranks,
+    pick_device,
+    seed_everything,
+    unwrap,
+    world,
+)
 
 __all__ = [
     "FAST_ENV",
@@ -31,32 +40,6 @@ __all__ = [
     "train",
     "evaluate",
 ]
-
-FAST_ENV = "VQVAE_FAST"
-
-
-def fast_mode() -> bool:
-    """True when ``VQVAE_FAST`` is set to 1/true/yes: notebooks then train for a few hundred steps."""
-    return os.environ.get(FAST_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA, then Apple's MPS, then the CPU."""
-    if str(device) != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
 
 @dataclass
 class TrainConfig:
@@ -256,7 +239,7 @@ def train(
     if steps is None:
         steps = epochs * len(loader)  # type: ignore[arg-type, operator]
     dev = pick_device(device)
-    core = getattr(model, "module", model)
+    core = unwrap(model)
     core.to(dev)
     dtype = next(core.parameters()).dtype  # batches take the model's dtype (float64 for exact checks)
     beta = core.beta
@@ -280,12 +263,12 @@ def train(
             return TrainResult(history, start, 0.0, False, None, resume_path)
 
     def checkpoint(step: int) -> None:
-        if checkpoint_path is not None and _is_main_process():
+        if checkpoint_path is not None and is_main_process():
             save_checkpoint(checkpoint_path, model, optimizer, scheduler, step, history)
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=steps, initial=start, desc="training", disable=not progress or not _is_main_process(), dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=start, desc="training", disable=not progress or not is_main_process(), dynamic_ncols=True)
     model.train()
     t0 = time.perf_counter()
     eval_seconds = 0.0  # kept off the training clock: how long evaluation takes says nothing about training
@@ -314,7 +297,7 @@ def train(
             optimizer.step()
             scheduler.step()
 
-            logs = _mean_over_ranks({k: float(losses[k].detach()) for k in _TERMS})
+            logs = mean_over_ranks({k: float(losses[k].detach()) for k in _TERMS})
             history["step"].append(step + 1)
             for k in _TERMS:
                 history[k].append(logs[k])
@@ -327,7 +310,7 @@ def train(
             done = step + 1
             if eval_loader is not None and eval_every and done % eval_every == 0 and done < steps:
                 metrics = timed_evaluate(done)
-                if progress and _is_main_process():
+                if progress and is_main_process():
                     bar.write(_format_eval(metrics, time.perf_counter() - t0 - eval_seconds))
                 model.train()
             if checkpoint_every and done % checkpoint_every == 0:
@@ -345,7 +328,7 @@ def train(
     final_eval = None
     if eval_loader is not None and not interrupted:
         final_eval = timed_evaluate(step)
-        if progress and _is_main_process():
+        if progress and is_main_process():
             print(_format_eval(final_eval, seconds))
     checkpoint(step)
     return TrainResult(history, step, seconds, interrupted, final_eval, checkpoint_path, eval_seconds)
@@ -356,28 +339,6 @@ def _format_eval(metrics: dict, seconds: float) -> str:
         f"step {metrics['step']:>6} | {seconds:6.1f} s training | test mse {metrics['mse']:.5f} nmse {metrics['nmse']:.4f} "
         f"psnr {metrics['psnr']:.2f} dB | perplexity {metrics['perplexity']:.1f} | codes used {metrics['codes_used']}"
     )
-
-
-def _world() -> tuple[int, int]:
-    """``(rank, world_size)`` of a distributed run, ``(0, 1)`` otherwise."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _mean_over_ranks(logs: dict[str, float]) -> dict[str, float]:
-    """The logged loss terms averaged over the processes of a distributed run (one small all-reduce)."""
-    world = _world()[1]
-    if world == 1:
-        return logs
-    values = _all_reduce_sum(torch.tensor(list(logs.values()), dtype=torch.float64)) / world
-    return dict(zip(logs, values.tolist()))
-
-
-def _is_main_process() -> bool:
-    return _world()[0] == 0
 
 
 @torch.no_grad()
@@ -397,20 +358,18 @@ def evaluate(
     all-reduced, so every rank returns the metrics of the whole loader.
     """
     loader = _as_loader(loader, 256, False, 0)
-    core = getattr(model, "module", model)
+    core = unwrap(model)
     dev = next(core.parameters()).device if device is None else pick_device(device)
     dtype = next(core.parameters()).dtype
-    was_training = core.training
-    core.eval()
     k = core.quantizer.num_embeddings
-    rank, world = _world()
+    rank, size = world()
     sse = total = sum_x = sum_x2 = 0.0
     counts = torch.zeros(k, dtype=torch.long)
-    try:
+    with eval_mode(core):
         for i, (x, _) in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
-            if i % world != rank:
+            if i % size != rank:
                 continue
             x = x.to(dev, dtype)
             x_hat, q = core(x)
@@ -419,12 +378,10 @@ def evaluate(
             sum_x += float(x.sum(dtype=torch.float64))
             sum_x2 += float(x.pow(2).sum(dtype=torch.float64))
             counts += torch.bincount(q.indices.flatten().cpu(), minlength=k)
-    finally:
-        core.train(was_training)
-    if world > 1:
-        sums = _all_reduce_sum(torch.tensor([sse, total, sum_x, sum_x2], dtype=torch.float64))
+    if size > 1:
+        sums = all_reduce_sum(torch.tensor([sse, total, sum_x, sum_x2], dtype=torch.float64))
         sse, total, sum_x, sum_x2 = sums.tolist()
-        counts = _all_reduce_sum(counts)
+        counts = all_reduce_sum(counts)
     if total == 0:
         raise ValueError("the evaluation loader yielded no images")
     mse = sse / total

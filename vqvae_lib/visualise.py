@@ -24,6 +24,7 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 from torch import Tensor, nn
 
 from .model import VQVAE, ResidualStack
+from .runtime import eval_mode
 
 __all__ = ["Stage", "trace_stages", "summary_table", "draw_architecture", "draw_codebook", "code_patches"]
 
@@ -68,12 +69,10 @@ def trace_stages(model: VQVAE, image_shape: tuple[int, int, int]) -> list[Stage]
             if not isinstance(module, nn.ReLU):
                 hooks.append(module.register_forward_hook(record(part, module)))
     hooks.append(model.quantizer.register_forward_hook(record("quantizer", model.quantizer)))
-    was_training = model.training
-    model.eval()
     try:
-        model(torch.zeros(1, *image_shape, device=next(model.parameters()).device))
+        with eval_mode(model):
+            model(torch.zeros(1, *image_shape, device=next(model.parameters()).device))
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
     for s in stages:
@@ -234,8 +233,9 @@ _IMAGE_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 
 def main() -> None:
-    from .checkpoint import find_checkpoint, load_checkpoint
-    from .data import load_test_set, project_dir
+    from .checkpoint import load_checkpoint
+    from .data import load_test_set
+    from .paths import find_checkpoint, project_dir
     from .training import TrainConfig, evaluate
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
