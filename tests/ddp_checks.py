@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from vqvae_lib import TrainConfig, load_dataset, loss_terms, make_loader, train
-from vqvae_lib.runtime import wrap_distributed
+from vqvae_lib.runtime import end_distributed, wrap_distributed
 
 STEPS = 20
 GLOBAL_BATCH = 64
@@ -153,8 +153,7 @@ def main(mode: str, path: str, data_root: str) -> None:
         report.update(compare(results, torch.load(path + ".reference", weights_only=True)))
         with open(path, "w") as f:
             json.dump(report, f, indent=1)
-    dist.barrier()
-    dist.destroy_process_group()
+    end_distributed()
 
 
 if __name__ == "__main__":

@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         difference = replica_difference(model)
         if main_process:
             print(f"max weight difference across {world} processes: {difference:.3g}")
+        del model  # the DDP wrapper holds the process group: gone before the group is (end_distributed)
         end_distributed()
         if difference > 0:
             print("the processes' weights diverged", file=sys.stderr)
