@@ -36,13 +36,13 @@ def _run(args: list[str], real_root, torchrun: bool = False) -> str:
     # CPU processes (gloo) even on a machine with GPUs, where the command line would pick NCCL
     env = {**os.environ, "VQVAE_DATA_ROOT": str(real_root), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if torchrun else [sys.executable]
-    done = subprocess.run([*launcher, "-m", "vqvae_lib.train", *args], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([*launcher, "-m", "vqvae_lib.cli", *args], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
 
 def test_help_documents_every_config_field():
-    done = subprocess.run([sys.executable, "-m", "vqvae_lib.train", "--help"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "vqvae_lib.cli", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
     for option in ("--preset", "--batch-size", "--num-embeddings", "--dead-code-threshold", "--resume", "--amp", "torchrun"):
         assert option in done.stdout, option

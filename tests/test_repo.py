@@ -54,7 +54,7 @@ def test_the_library_has_no_import_cycle():
     graph = _package_imports()
     assert graph["runtime"] == set() and graph["paths"] == set(), "runtime and paths import nothing of ours"
     # arrows point down: the models know nothing of files, training or the command line
-    assert not ({"checkpoint", "training", "paths", "train"} & (graph["model"] | graph["quantizer"])), graph["model"]
+    assert not ({"checkpoint", "training", "paths", "cli"} & (graph["model"] | graph["quantizer"])), graph["model"]
 
     def cycle_from(start: str, node: str, seen: tuple[str, ...]) -> tuple[str, ...] | None:
         for nxt in sorted(graph.get(node, ())):
@@ -69,3 +69,17 @@ def test_the_library_has_no_import_cycle():
     for module in graph:
         if module != "__init__":
             assert cycle_from(module, module, (module,)) is None, " -> ".join(cycle_from(module, module, (module,)))
+
+
+def test_vqvae_lib_train_is_the_training_function_whatever_was_imported():
+    """A submodule named ``train`` would replace the function on the package once anything imported it."""
+    import importlib
+    import pkgutil
+
+    import vqvae_lib
+    from vqvae_lib.training import train
+
+    for module in pkgutil.iter_modules(vqvae_lib.__path__):
+        if module.name != "__main__":
+            importlib.import_module(f"vqvae_lib.{module.name}")
+    assert vqvae_lib.train is train and callable(vqvae_lib.train)

@@ -1,9 +1,9 @@
 """Train a VQ-VAE from the command line, in one process or many under ``torchrun``.
 
-    python -m vqvae_lib.train --preset mnist
-    python -m vqvae_lib.train --preset cifar10 --steps 8000 --hidden-channels 96 --out runs/cifar10.pt
-    torchrun --nproc_per_node 4 -m vqvae_lib.train --preset cifar10 --amp      # 4 GPUs (or CPU processes)
-    python -m vqvae_lib.train --preset mnist --out runs/mnist.pt --resume       # continue a run
+    python -m vqvae_lib.cli --preset mnist
+    python -m vqvae_lib.cli --preset cifar10 --steps 8000 --hidden-channels 96 --out runs/cifar10.pt
+    torchrun --nproc_per_node 4 -m vqvae_lib.cli --preset cifar10 --amp      # 4 GPUs (or CPU processes)
+    python -m vqvae_lib.cli --preset mnist --out runs/mnist.pt --resume       # continue a run
 
 Every field of :class:`vqvae_lib.TrainConfig` is an option (``--batch-size``, ``--num-embeddings``, ...);
 ``--preset`` picks the notebooks' values first. ``--batch-size`` is the *global* batch: under ``torchrun``
@@ -12,8 +12,9 @@ DistributedDataParallel (gloo on CPUs, NCCL on GPUs), the codebook statistics ar
 loss terms and test metrics are reduced over the processes, and only rank 0 writes checkpoints. With
 the same seed, a distributed run follows the single-process one up to floating-point summation order.
 
-Run this module, do not import it: ``vqvae_lib.train`` the *function* is the training loop that
-this command calls (``from vqvae_lib import train``).
+This module is the command line only; the training loop it calls is ``vqvae_lib.train`` (the
+function, from :mod:`vqvae_lib.training`). It was ``vqvae_lib/train.py`` before, and importing it then
+replaced that function on the package with the module.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def _field_type(field: dataclasses.Field) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m vqvae_lib.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m vqvae_lib.cli", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--preset", default="mnist", choices=["mnist", "cifar10", "food101", "folder"],
                         help="start from the notebooks' configuration for this dataset (default: mnist)")  # fmt: skip
