@@ -40,8 +40,6 @@ __all__ = [
     "ImageFolderDataset",
     "BatchLoader",
     "make_loader",
-    "dataset_variance",
-    "to_tensor_dataset",
 ]
 
 CIFAR10_CLASSES = (
@@ -245,17 +243,6 @@ class ImageFolderDataset(Dataset):
         if len(keep) == 0:
             raise DatasetNotFoundError(f"none of the {len(self.paths)} images in {self.root} could be decoded")
         return TensorImageDataset(images[keep], torch.tensor(self.labels)[keep], name=str(self.root))
-
-
-def to_tensor_dataset(dataset: Dataset, name: str = "") -> TensorImageDataset:
-    """Materialise any dataset of ``(x in [0,1], y)`` into a uint8 :class:`TensorImageDataset`."""
-    if isinstance(dataset, TensorImageDataset):
-        return dataset
-    if isinstance(dataset, ImageFolderDataset):
-        return dataset.to_tensor_dataset()
-    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
-    images = (torch.stack(xs) * 255).round().clamp(0, 255).to(torch.uint8)
-    return TensorImageDataset(images, torch.tensor(ys), name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -572,14 +559,6 @@ def load_test_set(
 def _to_gray(images: Tensor) -> Tensor:
     weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
     return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-
-
-def dataset_variance(dataset: Dataset, max_items: int = 10_000) -> float:
-    """Pixel variance of (up to ``max_items`` of) a dataset in [0, 1] units: the NMSE denominator."""
-    if isinstance(dataset, TensorImageDataset):
-        return float(dataset.images[:max_items].double().div(255).var())
-    xs = torch.stack([dataset[i][0] for i in range(min(len(dataset), max_items))])
-    return float(xs.double().var())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ what makes it impossible to put it on the wrong term.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -365,7 +364,3 @@ class VectorQuantizerEMA(_QuantizerBase):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", decay={self.decay}, eps={self.eps}"
 
-
-def bits_per_index(num_embeddings: int) -> float:
-    """Bits needed to store one code index: ``log2 K``."""
-    return math.log2(num_embeddings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -120,9 +120,6 @@ class TrainConfig:
     def run_steps(self) -> int:
         """``steps``, or ``steps_fast`` in fast mode."""
         return self.steps_fast if fast_mode() else self.steps
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
