@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -27,16 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 LOCK = json.loads((REPO / "Pipfile.lock").read_text())
 PIPFILE = tomllib.loads((REPO / "Pipfile").read_text())
 
-_PY = {"python_version": "3.11", "python_full_version": "3.11.9", "implementation_name": "cpython",
-       "platform_python_implementation": "CPython", "implementation_version": "3.11.9",
-       "platform_release": "", "platform_version": ""}  # fmt: skip
-PLATFORMS = {
-    "linux-x86_64": {**_PY, "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix"},
-    "linux-aarch64": {**_PY, "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "aarch64", "os_name": "posix"},
-    "macos-arm64": {**_PY, "sys_platform": "darwin", "platform_system": "Darwin", "platform_machine": "arm64", "os_name": "posix"},
-    "macos-x86_64": {**_PY, "sys_platform": "darwin", "platform_system": "Darwin", "platform_machine": "x86_64", "os_name": "posix"},
-    "windows-amd64": {**_PY, "sys_platform": "win32", "platform_system": "Windows", "platform_machine": "AMD64", "os_name": "nt"},
-}  # fmt: skip
+sys.path.insert(0, str(REPO / "tools"))
+from lock import MARKER_ENVIRONMENTS as PLATFORMS  # noqa: E402  (the same platforms the re-lock tool checks)
+
 NOT_LINUX = ("macos-arm64", "macos-x86_64", "windows-amd64")
 # Published only as Linux wheels (torch's CUDA build and what it pulls in): never on macOS or Windows.
 LINUX_ONLY = re.compile(r"^(nvidia-.*|cuda-.*|triton)$")

@@ -40,6 +40,11 @@ REPO = Path(__file__).resolve().parent.parent
 PYTHON = Version("3.11")
 
 
+def _index(lock: dict) -> str:
+    """The lock's own package index (its first source)."""
+    return lock["_meta"]["sources"][0]["url"].rstrip("/")
+
+
 def _files(index: str, name: str) -> list[dict]:
     request = urllib.request.Request(
         f"{index}/{canonicalize_name(name)}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
@@ -82,7 +87,7 @@ def newest_release(index: str, name: str, specifier: SpecifierSet) -> tuple[Vers
 
 def complete(lock: dict, pipfile: dict) -> list[str]:
     """Fill in version and hashes of every Pipfile entry with a marker that the lock left empty."""
-    index = lock["_meta"]["sources"][0]["url"].rstrip("/")
+    index = _index(lock)
     done = []
     for section, lock_section in (("packages", "default"), ("dev-packages", "develop")):
         for name, spec in pipfile.get(section, {}).items():
@@ -102,34 +107,40 @@ def complete(lock: dict, pipfile: dict) -> list[str]:
 _PY = {"python_version": "3.11", "python_full_version": "3.11.9", "implementation_name": "cpython",
        "platform_python_implementation": "CPython", "implementation_version": "3.11.9", "platform_release": "",
        "platform_version": "", "extra": ""}  # fmt: skip
-PLATFORMS = {  # marker environment and wheel platform tags
-    "macos-arm64": ({"sys_platform": "darwin", "platform_system": "Darwin", "platform_machine": "arm64", "os_name": "posix"},
-                    list(mac_platforms((14, 0), "arm64"))),
-    "windows-amd64": ({"sys_platform": "win32", "platform_system": "Windows", "platform_machine": "AMD64", "os_name": "nt"},
-                      ["win_amd64"]),
-    "linux-x86_64": ({"sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix"},
-                     [f"manylinux_2_{m}_x86_64" for m in range(39, 4, -1)] + ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]),
-    "linux-aarch64": ({"sys_platform": "linux", "platform_system": "Linux", "platform_machine": "aarch64", "os_name": "posix"},
-                      [f"manylinux_2_{m}_aarch64" for m in range(39, 16, -1)] + ["manylinux2014_aarch64"]),
-    "macos-x86_64": ({"sys_platform": "darwin", "platform_system": "Darwin", "platform_machine": "x86_64", "os_name": "posix"},
-                     list(mac_platforms((14, 0), "x86_64"))),
+# The platforms the lock is made for, as marker environments (tests/test_lock.py evaluates with these too)
+MARKER_ENVIRONMENTS = {
+    "linux-x86_64": {**_PY, "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix"},
+    "linux-aarch64": {**_PY, "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "aarch64", "os_name": "posix"},
+    "macos-arm64": {**_PY, "sys_platform": "darwin", "platform_system": "Darwin", "platform_machine": "arm64", "os_name": "posix"},
+    "macos-x86_64": {**_PY, "sys_platform": "darwin", "platform_system": "Darwin", "platform_machine": "x86_64", "os_name": "posix"},
+    "windows-amd64": {**_PY, "sys_platform": "win32", "platform_system": "Windows", "platform_machine": "AMD64", "os_name": "nt"},
 }  # fmt: skip
+# ... and the wheel platform tags that install on each
+WHEEL_PLATFORMS = {
+    "linux-x86_64": [f"manylinux_2_{m}_x86_64" for m in range(39, 4, -1)] + ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"],
+    "linux-aarch64": [f"manylinux_2_{m}_aarch64" for m in range(39, 16, -1)] + ["manylinux2014_aarch64"],
+    "macos-arm64": list(mac_platforms((14, 0), "arm64")),
+    "macos-x86_64": list(mac_platforms((14, 0), "x86_64")),
+    "windows-amd64": ["win_amd64"],
+}  # fmt: skip
+
 
 
 def check(lock: dict) -> int:
     """Print, per platform, the locked packages that have no installable file there; 0 if none."""
-    index = lock["_meta"]["sources"][0]["url"].rstrip("/")
+    index = _index(lock)
     entries = {canonicalize_name(k): v for s in ("develop", "default") for k, v in lock[s].items() if "version" in v}
     files = {name: _files(index, name) for name in sorted(entries)}
     problems = 0
-    for target, (env, platform_tags) in PLATFORMS.items():
+    for target, env in MARKER_ENVIRONMENTS.items():
+        platform_tags = WHEEL_PLATFORMS[target]
         tags = set(cpython_tags((3, 11), ["cp311", "abi3", "none"], platform_tags)) | set(
             compatible_tags((3, 11), "cp311", platform_tags)
         )
         wheels = sdists = 0
         missing = []
         for name, entry in entries.items():
-            if entry.get("markers") and not Marker(entry["markers"]).evaluate({**_PY, **env}):
+            if entry.get("markers") and not Marker(entry["markers"]).evaluate(env):
                 continue
             version, hashes = Version(entry["version"].lstrip("=")), set(entry.get("hashes", []))
             mine = [f for f in files[name] if _version_of(f["filename"]) == version
