@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from vqvae_lib import TrainConfig, load_dataset, loss_terms, make_loader, train
-from vqvae_lib.runtime import end_distributed, wrap_distributed
+from vqvae_lib.runtime import all_gather_rows, end_distributed, unwrap, wrap_distributed
 
 STEPS = 20
 GLOBAL_BATCH = 64
@@ -42,12 +42,6 @@ def _worst(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[floa
     return diffs[name], name
 
 
-def _gather(t: torch.Tensor) -> list[torch.Tensor]:
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return parts
-
-
 def _fresh_model() -> torch.nn.Module:
     return CONFIG.build_model().double()  # build_model seeds: every process and both runs start equal
 
@@ -61,9 +55,10 @@ def check_slices(data, rank: int, world: int) -> dict:
     for i, ((x_mine, _), (x_whole, _)) in enumerate(zip(mine, whole)):
         if i == 4:
             break
-        parts = _gather(x_mine)
-        union_equal &= torch.equal(torch.cat(parts), x_whole)
-        slices_differ &= not torch.equal(parts[0], parts[1])
+        gathered = all_gather_rows(x_mine)  # every rank's slice, in rank order
+        union_equal &= torch.equal(gathered, x_whole)
+        first, second = gathered.chunk(world)
+        slices_differ &= not torch.equal(first, second)
     return {"slices_union_is_the_global_batch": union_equal, "slices_differ": slices_differ}
 
 
@@ -73,7 +68,7 @@ def one_step(data, rank: int, world: int) -> dict[str, torch.Tensor]:
     x_whole = next(iter(make_loader(data, GLOBAL_BATCH, seed=CONFIG.seed)))[0].double()
     x = x_whole.chunk(world)[rank]
     model = wrap_distributed(_fresh_model(), torch.device("cpu"))
-    core = getattr(model, "module", model)
+    core = unwrap(model)
     out = {}
     with torch.no_grad():
         torch.manual_seed(1)
@@ -100,7 +95,7 @@ def whole_run(data, test, rank: int, world: int) -> dict[str, torch.Tensor]:
     ran = train(model, loader, steps=STEPS, lr=CONFIG.lr, lr_schedule=CONFIG.lr_schedule,
                 warmup_steps=CONFIG.warmup_steps, device="cpu", eval_loader=make_loader(test, 64, shuffle=False),
                 seed=CONFIG.seed, progress=False)  # fmt: skip
-    core = getattr(model, "module", model)
+    core = unwrap(model)
     out = {f"state.{k}": v.clone() for k, v in core.state_dict().items()}
     out["history_total"] = torch.tensor(ran.history["total"], dtype=torch.float64)
     out.update({f"eval.{k}": torch.tensor(float(ran.final_eval[k]), dtype=torch.float64)

@@ -25,25 +25,23 @@ from vqvae_lib import (
 )
 
 
-class _RunsShell:
-    """Unpickling this calls ``os.system``: a module torch's weights-only loader blocks outright."""
+class _Payload:
+    """Unpickling this calls ``function(*args)``. The payloads here create a file, the visible trace of
+    code run by a load (a real payload would run anything it likes the same way)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (os.system, (f"echo > {self.path}",))
-
-
-class _CreatesFile:
-    """Unpickling this calls ``open(path, "w")``: it creates ``path``, the visible trace of code run
-    by a load (a real payload would run anything it likes the same way)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, function, *args) -> None:
+        self.function, self.args = function, args
 
     def __reduce__(self):
-        return (open, (str(self.path), "w"))
+        return (self.function, self.args)
+
+
+def _creates_file(path: Path) -> _Payload:
+    return _Payload(open, str(path), "w")
+
+
+def _runs_shell(path: Path) -> _Payload:
+    return _Payload(os.system, f"echo > {path}")  # a module torch's weights-only loader blocks outright
 
 
 def _small_model():
@@ -54,8 +52,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
     good = save_checkpoint(tmp_path / "good.pt", _small_model(), step=3)
     state = torch.load(good, weights_only=True)
     marker = tmp_path / "payload-ran"
-    torch.save({**state, "extra": {"note": _CreatesFile(marker)}}, tmp_path / "opens.pt")
-    torch.save({**state, "extra": {"note": _RunsShell(marker)}}, tmp_path / "shell.pt")
+    torch.save({**state, "extra": {"note": _creates_file(marker)}}, tmp_path / "opens.pt")
+    torch.save({**state, "extra": {"note": _runs_shell(marker)}}, tmp_path / "shell.pt")
     assert not marker.exists()
     for name, refers_to in (("opens.pt", r"\S*open"), ("shell.pt", r"\S+\.system")):
         for load in (load_checkpoint, read_checkpoint):
@@ -118,7 +116,7 @@ def test_resume_state_survives_a_weights_only_round_trip(tmp_path):
 def _hostile_cifar(folder: Path, marker: Path) -> None:
     folder.mkdir(parents=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        entry = {"data": np.zeros((1, 3072), np.uint8), "labels": [0], "note": _CreatesFile(marker)}
+        entry = {"data": np.zeros((1, 3072), np.uint8), "labels": [0], "note": _creates_file(marker)}
         (folder / name).write_bytes(pickle.dumps(entry, protocol=2))
 
 

@@ -7,6 +7,7 @@ either the previous checkpoint or the new one, never a truncated file.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import re
@@ -42,8 +43,6 @@ def _class_path(cls: type) -> str:
 def _model_class(path: Path, name: str) -> type:
     """The class a checkpoint names. Only this package's ``nn.Module`` classes: importing an arbitrary
     module and calling whatever it names with the stored config would run code from the file."""
-    import importlib
-
     name = _OLD_NAMES.get(name, name)
     module_name, _, qualname = name.partition(":")
     if not (module_name == "vqvae_lib" or module_name.startswith("vqvae_lib.")) or not qualname:

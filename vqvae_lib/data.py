@@ -13,6 +13,7 @@ Layout under the root (the same as torchvision's, so its downloads land in place
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -321,9 +322,6 @@ def _cifar_md5s() -> dict[str, str]:
 def _unpickle_cifar(path: Path) -> tuple[np.ndarray, list[int]]:
     """One batch file, after checking it is the published file (torchvision's md5), read with an
     unpickler that cannot run code: a file that fails either check is refused with an error naming it."""
-    import hashlib
-    import io
-
     expected = _cifar_md5s().get(path.name)
     raw = path.read_bytes()  # checked and unpickled from the same bytes: the file cannot change between
     digest = hashlib.md5(raw, usedforsecurity=False).hexdigest()  # a checksum, as torchvision's (FIPS-safe)
