@@ -21,6 +21,7 @@ import argparse
 import ast
 import platform
 import time
+from dataclasses import replace
 
 import torch
 
@@ -74,14 +75,11 @@ def main() -> None:
 
 
 def train_vqvae(cfg: TrainConfig, train_set, test_set, steps: int, eval_every: int | None):
-    eval_every = eval_every or max(1, steps // 6)
+    cfg = replace(cfg, steps=steps, steps_fast=None, eval_every=eval_every or max(1, steps // 6), checkpoint_every=0)
     model = cfg.build_model()
     loader = make_loader(train_set, cfg.batch_size, seed=cfg.seed)
     t0 = time.perf_counter()
-    result = train(
-        model, loader, steps=steps, lr=cfg.lr, lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay, device=cfg.device, eval_loader=test_set, eval_every=eval_every, seed=cfg.seed,
-    )  # fmt: skip
+    result = train(model, loader, cfg, eval_loader=test_set)
     wall = time.perf_counter() - t0
     final = result.final_eval
     print("\n| dataset | steps | batch | train s | eval s | wall s | images/s | mse | nmse | psnr dB | perplexity | codes used |")
@@ -89,7 +87,7 @@ def train_vqvae(cfg: TrainConfig, train_set, test_set, steps: int, eval_every: i
     print(
         f"| {cfg.dataset} | {result.steps} | {cfg.batch_size} | {result.seconds:.0f} | {result.eval_seconds:.0f} | {wall:.0f} | "
         f"{result.steps * cfg.batch_size / result.seconds:.0f} | {final['mse']:.5f} | {final['nmse']:.4f} | "
-        f"{final['psnr']:.2f} | {final['perplexity']:.1f} of {cfg.num_embeddings} | {final['codes_used']} |"
+        f"{final['psnr']:.2f} | {final['perplexity']:.1f} of {cfg.model.num_embeddings} | {final['codes_used']} |"
     )
     return model
 
@@ -97,6 +95,7 @@ def train_vqvae(cfg: TrainConfig, train_set, test_set, steps: int, eval_every: i
 def benchmark_prior(model, dataset: str, train_set, test_set, steps: int | None, overrides: dict) -> None:
     pcfg = PriorConfig.preset(dataset, **overrides)
     steps = steps or pcfg.steps
+    pcfg = replace(pcfg, steps=steps, steps_fast=None, eval_every=max(1, steps // 5))
     t0 = time.perf_counter()
     codes, labels = extract_codes(model, train_set, progress=False)
     test_codes, test_labels = extract_codes(model, test_set, progress=False)
@@ -104,8 +103,7 @@ def benchmark_prior(model, dataset: str, train_set, test_set, steps: int | None,
     k = model.quantizer.num_embeddings
     prior = pcfg.build_prior(k, tuple(codes.shape[1:]), num_classes=int(labels.max()) + 1)
     print(f"\nprior: {sum(p.numel() for p in prior.parameters()):,} parameters, {pcfg}, {steps} steps")
-    result = train_prior(prior, codes, labels, steps=steps, batch_size=pcfg.batch_size, lr=pcfg.lr, seed=pcfg.seed,
-                         eval_codes=(test_codes, test_labels), eval_every=max(1, steps // 5), progress=False)  # fmt: skip
+    result = train_prior(prior, codes, labels, pcfg, eval_codes=(test_codes, test_labels), progress=False)
     final = result.final_eval
     print("\n| dataset | grid | K | encode s | prior steps | prior train s | grids/s | test NLL nats | bits per code | log K nats |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
@@ -92,9 +93,8 @@ def whole_run(data, test, rank: int, world: int) -> dict[str, torch.Tensor]:
     """``train`` for STEPS steps: final weights and buffers, the logged losses and the test metrics."""
     model = wrap_distributed(_fresh_model(), torch.device("cpu"))
     loader = make_loader(data, GLOBAL_BATCH // world, seed=CONFIG.seed, rank=rank, world_size=world)
-    ran = train(model, loader, steps=STEPS, lr=CONFIG.lr, lr_schedule=CONFIG.lr_schedule,
-                warmup_steps=CONFIG.warmup_steps, device="cpu", eval_loader=make_loader(test, 64, shuffle=False),
-                seed=CONFIG.seed, progress=False)  # fmt: skip
+    config = replace(CONFIG, steps=STEPS, steps_fast=None, device="cpu", eval_every=0, checkpoint_every=0)
+    ran = train(model, loader, config, eval_loader=make_loader(test, 64, shuffle=False), progress=False)
     core = unwrap(model)
     out = {f"state.{k}": v.clone() for k, v in core.state_dict().items()}
     out["history_total"] = torch.tensor(ran.history["total"], dtype=torch.float64)

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from vqvae_lib import DatasetNotFoundError, TensorImageDataset, data_root, load_dataset, make_loader
-import vqvae_lib.data
-from vqvae_lib.data import CIFAR10_CLASSES
+import vqvae_lib.sources
+from vqvae_lib.sources import CIFAR10_CLASSES
 
 
 @pytest.fixture
@@ -127,7 +127,7 @@ def test_cifar10_reads_the_python_pickles(shared_root, tmp_path, monkeypatch):
     # the reader opens only files with the published md5s; these real pixels stand in for them
     # (the published files are not among the CI datasets)
     md5s = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in (tmp_path / "cifar-10-batches-py").iterdir()}
-    monkeypatch.setattr(vqvae_lib.data, "_cifar_md5s", lambda: md5s)
+    monkeypatch.setattr(vqvae_lib.sources, "_cifar_md5s", lambda: md5s)
     train = load_dataset("cifar10", "train", root=tmp_path)
     test = load_dataset("cifar10", "test", root=tmp_path)
     assert len(train) == 2000 and len(test) == 1000 and train.image_shape == (3, 32, 32)
@@ -255,6 +255,44 @@ def test_folder_as_grayscale_and_lazy(mixed_folder):
     assert x.shape == (1, 24, 16) and y == -1  # a flat folder has no classes
     batch, _ = next(iter(make_loader(lazy, batch_size=3)))
     assert batch.shape == (3, 1, 24, 16)
+
+
+def test_one_rule_for_bad_files_whatever_the_source(shared_root, tmp_path):
+    """A file that cannot be decoded is left out with one warning naming it, in a folder, in Food-101 and
+    in a CIFAR-10 export alike (Food-101 used to raise and folders to skip); only an item decoded on
+    its own cannot be left out of a batch, and raises DatasetFileError naming the file."""
+    from vqvae_lib import DatasetFileError
+
+    food = tmp_path / "food"
+    sample = shared_root / "food-101-sample" / "food-101"
+    (food / "food-101").mkdir(parents=True)
+    (food / "food-101" / "meta").symlink_to(sample / "meta")
+    images = food / "food-101" / "images"
+    for class_dir in (sample / "images").iterdir():
+        (images / class_dir.name).mkdir(parents=True)
+        for photo in class_dir.iterdir():
+            (images / class_dir.name / photo.name).symlink_to(photo)
+    test_files = [line.strip() for line in (sample / "meta" / "test.txt").read_text().split()]
+    broken = images / f"{test_files[3]}.jpg"
+    broken.unlink()
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image file\(s\).*" + test_files[3]):
+        test = load_dataset("food101", "test", root=food, image_size=32)
+    assert len(test) == 199 and torch.bincount(test.labels).sum() == 199
+    lazy = load_dataset("food101", "test", root=food, image_size=32, in_memory=False)
+    position = [Path(q).name for q in lazy.paths].index(broken.name)
+    with pytest.raises(DatasetFileError, match=test_files[3]):
+        lazy[position]
+
+    export = tmp_path / "cifar10-images" / "test"
+    for cls in ("cat", "dog"):
+        (export / cls).mkdir(parents=True)
+        for i, photo in enumerate(sorted((sample / "images").rglob("*.jpg"))[:3]):
+            Image.open(photo).resize((32, 32)).save(export / cls / f"{i}.jpg")
+    (export / "dog" / "1.jpg").write_bytes(b"not an image")
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable.*dog/1.jpg"):
+        cifar = load_dataset("cifar10", "test", root=tmp_path, download=False)
+    assert len(cifar) == 5 and cifar.labels.tolist() == [3, 3, 3, 5, 5]
 
 
 def test_empty_or_imageless_folders_are_refused(tmp_path):

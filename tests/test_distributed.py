@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vqvae_lib import load_checkpoint, read_checkpoint
+from vqvae_lib import read_checkpoint
 
 SMALL = [
     "--preset", "mnist", "--train-subset", "1024", "--eval-subset", "256", "--batch-size", "64",
@@ -92,9 +92,9 @@ def test_command_line_under_torchrun_writes_and_resumes_one_checkpoint(real_root
     assert "2 process(es) on cpu" in out
     assert "max weight difference across 2 processes: 0" in out, out
     assert [s for s, _, _ in EVAL.findall(out)] == ["10", "20"], out
-    assert read_checkpoint(tmp_path / "ddp.pt")["step"] == 20
+    assert read_checkpoint(tmp_path / "ddp.pt").step == 20
 
     _run([*SMALL, "--steps", "30", "--out", str(tmp_path / "ddp.pt"), "--resume"], real_root, torchrun=True)
-    resumed = load_checkpoint(tmp_path / "ddp.pt")
-    assert resumed.checkpoint_step == 30 and len(resumed.checkpoint_history["total"]) == 30
+    resumed = read_checkpoint(tmp_path / "ddp.pt")
+    assert resumed.step == 30 and len(resumed.history["total"]) == 30
     assert not list(tmp_path.glob(".*.tmp")), "a temporary checkpoint file was left behind"

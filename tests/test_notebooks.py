@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from vqvae_lib.notebooks import execute_notebook, notebook_paths
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+from run_notebooks import execute_notebook, notebook_paths  # noqa: E402
 
 NOTEBOOKS = notebook_paths()
 TRAINING = {"03", "04", "05", "06"}  # notebooks that train VQ-VAEs and must print test metrics

@@ -15,10 +15,9 @@ from vqvae_lib.prior import (
     PriorConfig,
     evaluate_prior,
     extract_codes,
-    sample,
-    sample_indices,
     train_prior,
 )
+from vqvae_lib.sampling import sample, sample_indices
 
 
 def _tiny_prior(num_classes=None, h=5, w=6, k=11, layers=None) -> GatedPixelCNN:
@@ -166,9 +165,10 @@ def test_prior_learns_real_codes_below_the_uniform_log_k_and_checkpoints(mnist_c
     prior = GatedPixelCNN(k, (7, 7), channels=32, num_layers=8, num_classes=10)
     before = evaluate_prior(prior, test_codes, test_labels)
     assert before["uniform_nats"] == pytest.approx(math.log(k))
+    config = PriorConfig(steps=150, batch_size=64, lr=2e-3, warmup_steps=50, lr_schedule="cosine", device="cpu")
     result = train_prior(
-        prior, codes, labels, steps=150, batch_size=64, lr=2e-3, eval_codes=(test_codes, test_labels),
-        device="cpu", checkpoint_path=tmp_path / "prior.pt", extra={"vqvae": "mnist"}, progress=False,
+        prior, codes, labels, config, eval_codes=(test_codes, test_labels), checkpoint_path=tmp_path / "prior.pt",
+        extra={"vqvae": "mnist"}, progress=False,
     )  # fmt: skip
     after = result.final_eval
     # 0.639 log K after 150 steps on six kernel paths standing in for other CPUs (see test_training)

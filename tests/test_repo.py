@@ -83,3 +83,25 @@ def test_vqvae_lib_train_is_the_training_function_whatever_was_imported():
         if module.name != "__main__":
             importlib.import_module(f"vqvae_lib.{module.name}")
     assert vqvae_lib.train is train and callable(vqvae_lib.train)
+
+
+def _library_sources() -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted((REPO / "vqvae_lib").glob("*.py"))}
+
+
+def test_one_home_for_each_concern():
+    sources = _library_sources()
+    # one training loop: fit is the only code that steps an optimizer on a loss
+    assert [name for name, text in sources.items() if ".backward()" in text] == ["training.py"]
+    assert sum(text.count(".backward()") for text in sources.values()) == 1
+    # every torch.distributed call goes through runtime.py's helpers
+    assert [name for name, text in sources.items() if "torch.distributed" in text.replace("``torch.distributed``", "")] == ["runtime.py"]
+    # the notebooks know the library, not the other way round
+    assert not [name for name, text in sources.items() if re.search(r"\d\d_\w+\.ipynb", text)]
+
+
+def test_no_library_file_holds_more_than_12_percent_of_the_library_lines():
+    lines = {name: text.count("\n") for name, text in _library_sources().items()}
+    total = sum(lines.values())
+    largest = max(lines, key=lines.get)
+    assert lines[largest] <= 0.12 * total, f"{largest}: {lines[largest]} of {total} lines ({lines[largest] / total:.1%})"

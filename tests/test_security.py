@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import vqvae_lib.data
+import vqvae_lib.sources
 from vqvae_lib import (
     CheckpointError,
     DatasetFileError,
@@ -90,8 +90,8 @@ def test_broken_or_foreign_checkpoints_say_what_is_wrong(tmp_path):
 @pytest.mark.parametrize("name", ["mnist", "cifar10", "food101", "mnist_prior", "cifar10_prior"])
 def test_committed_checkpoints_hold_only_tensors_and_plain_containers(name):
     state = torch.load(pretrained_dir() / f"{name}.pt", weights_only=True)  # raises on anything else
-    model = load_checkpoint(pretrained_dir() / f"{name}.pt")
-    assert model.checkpoint_step == state["step"] > 0
+    load_checkpoint(pretrained_dir() / f"{name}.pt")
+    assert read_checkpoint(pretrained_dir() / f"{name}.pt").step == state["step"] > 0
 
 
 def test_resume_state_survives_a_weights_only_round_trip(tmp_path):
@@ -106,9 +106,10 @@ def test_resume_state_survives_a_weights_only_round_trip(tmp_path):
     fresh = _small_model()
     fresh_optimizer = torch.optim.Adam(fresh.parameters(), lr=1e-3)
     fresh_scheduler = torch.optim.lr_scheduler.LambdaLR(fresh_optimizer, lambda step: 0.5)
-    load_checkpoint(path, fresh, fresh_optimizer, fresh_scheduler)
-    assert fresh_scheduler.last_epoch == 1 and fresh.checkpoint_history == {"total": [0.5]}
-    assert torch.equal(read_checkpoint(path)["rng_state"], torch.load(path, weights_only=True)["rng_state"])
+    saved = read_checkpoint(path)
+    saved.restore(fresh, fresh_optimizer, fresh_scheduler)
+    assert fresh_scheduler.last_epoch == 1 and saved.history == {"total": [0.5]}
+    assert torch.equal(saved.rng_state, torch.load(path, weights_only=True)["rng_state"])
     for a, b in zip(optimizer.state_dict()["state"].values(), fresh_optimizer.state_dict()["state"].values()):
         assert torch.equal(a["exp_avg"], b["exp_avg"])
 
@@ -135,7 +136,7 @@ def test_cifar_reader_runs_no_code_even_when_a_checksum_matches(tmp_path, monkey
     folder = tmp_path / "cifar-10-batches-py"
     _hostile_cifar(folder, marker)
     md5s = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
-    monkeypatch.setattr(vqvae_lib.data, "_cifar_md5s", lambda: md5s)
+    monkeypatch.setattr(vqvae_lib.sources, "_cifar_md5s", lambda: md5s)
     with pytest.raises(DatasetFileError, match=r"refused to load \S*open"):
         load_dataset("cifar10", "test", root=tmp_path, download=False)
     assert not marker.exists()
@@ -152,7 +153,7 @@ def test_cifar_reader_admits_what_the_published_files_are_made_of(tmp_path, monk
     assert b"numpy._core.multiarray" in raw
     (folder / "test_batch").write_bytes(raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
     md5s = {"test_batch": hashlib.md5((folder / "test_batch").read_bytes()).hexdigest()}
-    monkeypatch.setattr(vqvae_lib.data, "_cifar_md5s", lambda: md5s)
+    monkeypatch.setattr(vqvae_lib.sources, "_cifar_md5s", lambda: md5s)
     test = load_dataset("cifar10", "test", root=tmp_path, download=False)
     assert np.array_equal(test.images.reshape(4, -1).numpy(), data) and test.labels.tolist() == labels
 

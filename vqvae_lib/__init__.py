@@ -3,22 +3,20 @@
     from vqvae_lib import VQVAE, load_dataset, make_loader, train, evaluate
 """
 
-from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .data import (
     BatchLoader,
     DatasetFileError,
     DatasetNotFoundError,
     ImageFolderDataset,
     TensorImageDataset,
-    load_dataset,
-    load_test_set,
     make_loader,
 )
 from .interpolation import interpolate_latents, save_gif
-from .metrics import codes_used, nmse, perplexity, psnr
-from .model import VQVAE, Decoder, Encoder, ResidualBlock, ResidualStack, loss_terms
+from .metrics import codes_used, evaluate, nmse, perplexity, psnr
+from .model import VQVAE, Decoder, Encoder, ResidualBlock, ResidualStack, VQVAEConfig, loss_terms
 from .paths import DATA_ROOT_ENV, checkpoint_dir, data_root, find_checkpoint, pretrained_dir, project_relative
-from .prior import GatedPixelCNN, PriorConfig, evaluate_prior, extract_codes, sample, sample_indices, train_prior
+from .prior import GatedPixelCNN, PriorConfig, evaluate_prior, extract_codes, train_prior
 from .quantizer import (
     QuantizerOutput,
     VectorQuantizer,
@@ -28,16 +26,18 @@ from .quantizer import (
     squared_distances,
 )
 from .runtime import FAST_ENV, eval_mode, fast_mode, pick_device, seed_everything, unwrap
-from .training import TrainConfig, TrainResult, evaluate, train
+from .sampling import sample, sample_indices
+from .sources import CIFAR10_CLASSES, load_dataset, load_test_set
+from .training import FitConfig, TrainConfig, TrainResult, fit, train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchLoader", "CheckpointError", "DATA_ROOT_ENV", "DatasetFileError", "DatasetNotFoundError", "Decoder", "Encoder",
-    "FAST_ENV", "GatedPixelCNN", "ImageFolderDataset", "PriorConfig", "QuantizerOutput", "ResidualBlock", "ResidualStack",
-    "TensorImageDataset", "TrainConfig", "TrainResult", "VQVAE", "VectorQuantizer", "VectorQuantizerEMA",
+    "BatchLoader", "CIFAR10_CLASSES", "Checkpoint", "CheckpointError", "DATA_ROOT_ENV", "DatasetFileError", "DatasetNotFoundError", "Decoder", "Encoder",
+    "FAST_ENV", "FitConfig", "GatedPixelCNN", "ImageFolderDataset", "PriorConfig", "QuantizerOutput", "ResidualBlock", "ResidualStack",
+    "TensorImageDataset", "TrainConfig", "TrainResult", "VQVAE", "VQVAEConfig", "VectorQuantizer", "VectorQuantizerEMA",
     "checkpoint_dir", "codes_used", "data_root", "eval_mode", "evaluate", "evaluate_prior",
-    "extract_codes", "fast_mode", "find_checkpoint", "interpolate_latents", "kmeans", "load_checkpoint",
+    "extract_codes", "fast_mode", "fit", "find_checkpoint", "interpolate_latents", "kmeans", "load_checkpoint",
     "load_dataset", "load_test_set", "loss_terms", "make_loader", "nearest_code", "nmse", "perplexity",
     "pick_device", "pretrained_dir", "project_relative", "psnr", "read_checkpoint", "sample", "sample_indices", "save_checkpoint",
     "save_gif", "seed_everything", "squared_distances", "train", "train_prior", "unwrap",

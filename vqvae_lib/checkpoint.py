@@ -11,6 +11,7 @@ import importlib
 import os
 import pickle
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from torch import nn
 from .runtime import unwrap
 
 __all__ = [
+    "Checkpoint",
     "CheckpointError",
     "load_checkpoint",
     "read_checkpoint",
@@ -105,8 +107,68 @@ def save_checkpoint(
 _REQUIRED_KEYS = ("format", "model_class", "model_config", "model_state", "step")
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """The raw checkpoint dict, after checking that it is one of ours.
+@dataclass
+class Checkpoint:
+    """What a checkpoint file holds, read and checked once (:func:`read_checkpoint`); nothing built yet.
+
+    ``build()`` makes a new model from the stored class and config; ``restore(model, optimizer,
+    scheduler)`` fills existing ones (resuming a run). ``step``, ``history`` and ``extra`` are there to
+    read, and ``rng_state`` is the CPU random state at the moment of saving.
+    """
+
+    path: Path
+    model_class: str
+    model_config: dict[str, Any]
+    model_state: dict[str, Any]
+    step: int
+    history: dict | None = None
+    optimizer_state: dict | None = None
+    scheduler_state: dict | None = None
+    rng_state: torch.Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+    def build(self, device: str | torch.device = "cpu") -> nn.Module:
+        """A new model of the stored class and config, with the stored weights, on ``device``."""
+        cls = _model_class(self.path, self.model_class)
+        try:
+            model = cls(**self.model_config)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{self.path}: its model_config does not build a {cls.__name__} ({err})") from err
+        self._load_weights(model)
+        return model.to(device)
+
+    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None) -> nn.Module:
+        """Load the weights into ``model`` (and the optimizer's and scheduler's states, when both the file
+        and the call have them). The model's class and config must be the stored ones; otherwise
+        :class:`CheckpointError` lists the differences."""
+        cls = _model_class(self.path, self.model_class)
+        target = unwrap(model)
+        if type(target) is not cls:
+            raise CheckpointError(f"{self.path} holds a {cls.__name__}, not a {type(target).__name__}")
+        own, stored = dict(getattr(target, "config", {})), self.model_config
+        diffs = {k: (stored.get(k), own.get(k)) for k in set(stored) | set(own) if stored.get(k) != own.get(k)}
+        if diffs:
+            lines = "\n".join(f"  {k}: checkpoint {a!r}, model {b!r}" for k, (a, b) in sorted(diffs.items()))
+            raise CheckpointError(
+                f"{self.path} was saved from a model with a different configuration:\n{lines}\n"
+                f"Load it with load_checkpoint(path) (no model) to rebuild the saved one."
+            )
+        self._load_weights(target)
+        if optimizer is not None and self.optimizer_state is not None:
+            optimizer.load_state_dict(self.optimizer_state)
+        if scheduler is not None and self.scheduler_state is not None:
+            scheduler.load_state_dict(self.scheduler_state)
+        return model
+
+    def _load_weights(self, model: nn.Module) -> None:
+        try:
+            model.load_state_dict(self.model_state)
+        except RuntimeError as err:
+            raise CheckpointError(f"{self.path} does not fit this model's weights: {err}") from err
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint file once and check that it is a complete one of ours.
 
     The file is read with ``torch.load(weights_only=True)``: its pickle may hold tensors, numbers,
     strings and plain containers, nothing else, so opening a checkpoint someone sent you never runs
@@ -137,7 +199,18 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     missing = [key for key in _REQUIRED_KEYS if key not in state]
     if missing:
         raise CheckpointError(f"{path} is an incomplete vqvae_lib checkpoint: it lacks {', '.join(missing)}")
-    return state
+    return Checkpoint(
+        path=path,
+        model_class=state["model_class"],
+        model_config=dict(state["model_config"]),
+        model_state=state["model_state"],
+        step=int(state["step"]),
+        history=state.get("history"),
+        optimizer_state=state.get("optimizer_state"),
+        scheduler_state=state.get("scheduler_state"),
+        rng_state=state.get("rng_state"),
+        extra=state.get("extra") or {},
+    )
 
 
 def load_checkpoint(
@@ -147,41 +220,10 @@ def load_checkpoint(
     scheduler: Any = None,
     device: str | torch.device = "cpu",
 ) -> nn.Module:
-    """Rebuild (or fill) a model from a checkpoint.
-
-    With ``model=None`` the model is built from the stored config. With a model, its config must
-    equal the stored one; otherwise :class:`CheckpointError` lists the differences. The returned
-    model carries ``checkpoint_step`` and ``checkpoint_history`` for reading.
-    """
-    state = read_checkpoint(path)
-    cls = _model_class(Path(path), state["model_class"])
-    cls_name, config = cls.__name__, state["model_config"]
+    """The model in a checkpoint: rebuilt from its stored config (``model=None``), or loaded into
+    ``model`` (whose config must equal the stored one). For the step, history or extra data as
+    well, read the file once with :func:`read_checkpoint` and call ``build()`` or ``restore()`` on it."""
+    checkpoint = read_checkpoint(path)
     if model is None:
-        try:
-            model = cls(**config)
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{path}: its model_config does not build a {cls_name} ({err})") from err
-    else:
-        target = unwrap(model)
-        if type(target) is not cls:
-            raise CheckpointError(f"{path} holds a {cls_name}, not a {type(target).__name__}")
-        own = dict(getattr(target, "config", {}))
-        diffs = {k: (config.get(k), own.get(k)) for k in set(config) | set(own) if config.get(k) != own.get(k)}
-        if diffs:
-            lines = "\n".join(f"  {k}: checkpoint {a!r}, model {b!r}" for k, (a, b) in sorted(diffs.items()))
-            raise CheckpointError(
-                f"{path} was saved from a model with a different configuration:\n{lines}\n"
-                f"Load it with load_checkpoint(path) (no model) to rebuild the saved one."
-            )
-    target = unwrap(model)
-    try:
-        target.load_state_dict(state["model_state"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path} does not fit this model's weights: {err}") from err
-    if optimizer is not None and state.get("optimizer_state") is not None:
-        optimizer.load_state_dict(state["optimizer_state"])
-    if scheduler is not None and state.get("scheduler_state") is not None:
-        scheduler.load_state_dict(state["scheduler_state"])
-    target.checkpoint_step = state["step"]
-    target.checkpoint_history = state.get("history")
-    return model.to(device)
+        return checkpoint.build(device)
+    return checkpoint.restore(model, optimizer, scheduler).to(device)

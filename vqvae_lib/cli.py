@@ -5,7 +5,8 @@
     torchrun --nproc_per_node 4 -m vqvae_lib.cli --preset cifar10 --amp      # 4 GPUs (or CPU processes)
     python -m vqvae_lib.cli --preset mnist --out runs/mnist.pt --resume       # continue a run
 
-Every field of :class:`vqvae_lib.TrainConfig` is an option (``--batch-size``, ``--num-embeddings``, ...);
+Every field of :class:`vqvae_lib.TrainConfig` and of its model's :class:`vqvae_lib.VQVAEConfig` is an
+option (``--batch-size``, ``--num-embeddings``, ...);
 ``--preset`` picks the notebooks' values first. ``--batch-size`` is the *global* batch: under ``torchrun``
 each of the ``W`` processes takes ``batch_size / W`` images of every batch, gradients are averaged by
 DistributedDataParallel (gloo on CPUs, NCCL on GPUs), the codebook statistics are all-reduced, the
@@ -28,9 +29,11 @@ from typing import Any
 
 import torch
 
-from .data import load_dataset, load_test_set, make_loader
+from .data import make_loader
+from .sources import load_dataset, load_test_set
 from .paths import checkpoint_dir
-from .runtime import end_distributed, init_distributed, pick_device, replica_difference, seed_everything, wrap_distributed
+from .model import VQVAEConfig
+from .runtime import end_distributed, init_distributed, pick_device, replica_difference, wrap_distributed
 from .training import TrainConfig
 from .training import train as train_loop
 
@@ -64,18 +67,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "for --preset folder, the image folder")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="checkpoint path (default: data/checkpoints/<preset>.pt)")
     parser.add_argument("--resume", action="store_true", help="continue from --out if it exists")
-    parser.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (0: only at the end)")
     parser.add_argument("--train-subset", type=int, default=None, help="train on this many images (a quick run)")
     parser.add_argument("--eval-subset", type=int, default=None, help="evaluate on this many test images")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (ignored elsewhere)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    config = parser.add_argument_group("TrainConfig fields (default: the preset's value)")
-    for field in dataclasses.fields(TrainConfig):
-        if field.name.startswith("_"):
-            continue
-        config.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=_field_type(field),
-                            default=None, metavar=field.name.upper())  # fmt: skip
+    for title, field_list in (("TrainConfig", _config_fields()[0]), ("VQVAEConfig", _config_fields()[1])):
+        group = parser.add_argument_group(f"{title} fields (default: the preset's value)")
+        for field in field_list:
+            group.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=_field_type(field),
+                               default=None, metavar=field.name.upper())  # fmt: skip
     return parser
+
+
+def _config_fields() -> tuple[list[dataclasses.Field], list[dataclasses.Field]]:
+    """The options: every TrainConfig field but the nested model, then every VQVAEConfig field."""
+    return [f for f in dataclasses.fields(TrainConfig) if f.name != "model"], list(dataclasses.fields(VQVAEConfig))
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The preset with every option given on the command line applied. The command line runs ``--steps``
+    whatever the fast mode: only the notebooks shorten their runs."""
+    overrides = {f.name: getattr(args, f.name) for group in _config_fields() for f in group
+                 if getattr(args, f.name, None) is not None}  # fmt: skip
+    return dataclasses.replace(TrainConfig.preset(args.preset, **overrides), steps_fast=None)
 
 
 def _take(dataset, n: int, seed: int):
@@ -91,14 +105,13 @@ def _take(dataset, n: int, seed: int):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if not f.name.startswith("_") and getattr(args, f.name, None) is not None}  # fmt: skip
-    cfg = TrainConfig.preset(args.preset, **overrides)
+    cfg = config_from_args(args)
     rank, world, dist_device = init_distributed()
     main_process = rank == 0
     if cfg.batch_size % world:
         raise SystemExit(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
     device = dist_device or pick_device(cfg.device)
+    cfg = dataclasses.replace(cfg, device=str(device))
     out = args.out or checkpoint_dir() / f"{args.preset}.pt"
 
     root = args.data_root
@@ -122,13 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     if main_process:
         print(f"{world} process(es) on {device}; config: {cfg}")
         print(f"train {len(train_set):,} images, evaluate on {test_name}; checkpoint {out}")
-    seed_everything(cfg.seed)
-    result = train_loop(
-        model, loader, steps=cfg.steps, lr=cfg.lr, lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay, device=device, eval_loader=test_set, eval_every=cfg.eval_every,
-        checkpoint_path=out, checkpoint_every=args.checkpoint_every, resume=bool(args.resume and out.exists()),
-        seed=cfg.seed, progress=not args.no_progress,
-    )  # fmt: skip
+    result = train_loop(model, loader, cfg, eval_loader=test_set, checkpoint_path=out,
+                        resume=bool(args.resume and out.exists()), progress=not args.no_progress)  # fmt: skip
     if world > 1:
         difference = replica_difference(model)
         if main_process:

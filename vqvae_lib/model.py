@@ -11,6 +11,7 @@ paper's CIFAR10 model: a 32x32 image becomes an 8x8 grid of codes.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from .quantizer import QuantizerOutput, VectorQuantizer, VectorQuantizerEMA
 from .runtime import eval_mode
 
-__all__ = ["ResidualBlock", "ResidualStack", "Encoder", "Decoder", "VQVAE", "loss_terms"]
+__all__ = ["ResidualBlock", "ResidualStack", "Encoder", "Decoder", "VQVAEConfig", "VQVAE", "loss_terms"]
 
 
 class ResidualBlock(nn.Module):
@@ -129,10 +130,12 @@ class Decoder(nn.Module):
         return self.net(z_q)
 
 
-class VQVAE(nn.Module):
-    """Encoder, vector quantizer and decoder, with the paper's three-part loss.
+@dataclass(frozen=True)
+class VQVAEConfig:
+    """A VQ-VAE's hyper-parameters, declared once: :class:`VQVAE` is built from one, checkpoints store
+    it, and :class:`~vqvae_lib.TrainConfig` carries one as ``model``. Defaults are the paper's CIFAR10 model.
 
-    Args:
+    Attributes:
         in_channels: 1 for grayscale, 3 for RGB images (values in [0, 1]).
         hidden_channels, num_residual_layers, residual_hidden_channels: widths and depth of the
             encoder and decoder.
@@ -145,56 +148,51 @@ class VQVAE(nn.Module):
             :class:`VectorQuantizer` (codebook by gradient).
         decay, eps: EMA settings (ignored unless ``ema``).
         data_init, dead_code_threshold: codebook health, see :class:`VectorQuantizer`.
-
-    ``model.config`` holds these arguments; checkpoints store it so that
-    ``load_checkpoint(path)`` rebuilds the model without the caller repeating them.
     """
 
-    def __init__(
-        self,
-        in_channels: int = 1,
-        hidden_channels: int = 128,
-        num_residual_layers: int = 2,
-        residual_hidden_channels: int = 32,
-        embedding_dim: int = 64,
-        num_embeddings: int = 512,
-        beta: float = 0.25,
-        downsample: int = 4,
-        ema: bool = False,
-        decay: float = 0.99,
-        eps: float = 1e-5,
-        data_init: str | None = None,
-        dead_code_threshold: int = 0,
-    ) -> None:
+    in_channels: int = 1
+    hidden_channels: int = 128
+    num_residual_layers: int = 2
+    residual_hidden_channels: int = 32
+    embedding_dim: int = 64
+    num_embeddings: int = 512
+    beta: float = 0.25
+    downsample: int = 4
+    ema: bool = False
+    decay: float = 0.99
+    eps: float = 1e-5
+    data_init: str | None = None
+    dead_code_threshold: int = 0
+
+
+class VQVAE(nn.Module):
+    """Encoder, vector quantizer and decoder, with the paper's three-part loss.
+
+    ``VQVAE(config)`` builds from a :class:`VQVAEConfig`; keywords override its fields
+    (``VQVAE(in_channels=3, num_embeddings=256)``, ``VQVAE(config, downsample=8)``), and an unknown
+    keyword raises ``TypeError``. ``model.config`` records every field as a plain dict; checkpoints
+    store it so that ``load_checkpoint(path)`` rebuilds the model without the caller repeating them.
+    """
+
+    def __init__(self, config: VQVAEConfig | None = None, **overrides: Any) -> None:
         super().__init__()
-        self.config: dict[str, Any] = dict(
-            in_channels=in_channels,
-            hidden_channels=hidden_channels,
-            num_residual_layers=num_residual_layers,
-            residual_hidden_channels=residual_hidden_channels,
-            embedding_dim=embedding_dim,
-            num_embeddings=num_embeddings,
-            beta=beta,
-            downsample=downsample,
-            ema=ema,
-            decay=decay,
-            eps=eps,
-            data_init=data_init,
-            dead_code_threshold=dead_code_threshold,
-        )
-        self.downsample = downsample
+        c = replace(config or VQVAEConfig(), **overrides)
+        self.config: dict[str, Any] = asdict(c)
+        self.downsample = c.downsample
         self.encoder = Encoder(
-            in_channels, hidden_channels, num_residual_layers, residual_hidden_channels, embedding_dim, downsample
-        )
-        if ema:
+            c.in_channels, c.hidden_channels, c.num_residual_layers, c.residual_hidden_channels, c.embedding_dim,
+            c.downsample,
+        )  # fmt: skip
+        if c.ema:
             self.quantizer: VectorQuantizer | VectorQuantizerEMA = VectorQuantizerEMA(
-                num_embeddings, embedding_dim, beta, decay, eps, data_init, dead_code_threshold
+                c.num_embeddings, c.embedding_dim, c.beta, c.decay, c.eps, c.data_init, c.dead_code_threshold
             )
         else:
-            self.quantizer = VectorQuantizer(num_embeddings, embedding_dim, beta, data_init, dead_code_threshold)
+            self.quantizer = VectorQuantizer(c.num_embeddings, c.embedding_dim, c.beta, c.data_init, c.dead_code_threshold)
         self.decoder = Decoder(
-            in_channels, hidden_channels, num_residual_layers, residual_hidden_channels, embedding_dim, downsample
-        )
+            c.in_channels, c.hidden_channels, c.num_residual_layers, c.residual_hidden_channels, c.embedding_dim,
+            c.downsample,
+        )  # fmt: skip
 
     @property
     def beta(self) -> float:

@@ -28,16 +28,6 @@ __all__ = [
 
 DATA_ROOT_ENV = "VQVAE_DATA_ROOT"
 CHECKPOINT_DIR_ENV = "VQVAE_CHECKPOINT_DIR"
-# which notebook trains the checkpoint that find_checkpoint(name) looks for (named in its error)
-_MADE_BY = {
-    "mnist": "notebooks/04_mnist.ipynb",
-    "cifar10": "notebooks/05_cifar10.ipynb",
-    "food101": "notebooks/06_food101_and_your_own_images.ipynb",
-    "mnist_prior": "notebooks/08_prior_and_sampling.ipynb",
-    "cifar10_prior": "notebooks/08_prior_and_sampling.ipynb",
-}
-
-
 def project_dir() -> Path:
     """The repository this package was installed from (editable install), or
     ``~/.cache/vqvae_lib`` when it was installed as a plain package."""
@@ -72,17 +62,17 @@ def find_checkpoint(name: str, prefer: str = "own", made_by: str | None = None) 
     """``<name>.pt`` from your own runs (:func:`checkpoint_dir`) or the committed pretrained ones.
 
     ``prefer="own"`` takes your run when there is one, ``"pretrained"`` the committed one. A missing
-    checkpoint raises ``FileNotFoundError`` saying where it looked and, with ``made_by``, what makes it.
+    checkpoint raises ``FileNotFoundError`` saying where it looked and, with ``made_by`` (e.g. the
+    notebook that trains it), what makes it.
     """
     own, pretrained = checkpoint_dir() / f"{name}.pt", pretrained_dir() / f"{name}.pt"
     order = [own, pretrained] if prefer == "own" else [pretrained, own]
     for path in order:
         if path.exists():
             return path
-    made_by = made_by or _MADE_BY.get(name, "the notebook that trains it")
     raise FileNotFoundError(
-        f"no checkpoint '{name}': looked for {own} and {pretrained}. Run {made_by} to train it "
-        f"(fast mode takes about a minute)."
+        f"no checkpoint '{name}': looked for {own} and {pretrained}. "
+        + (f"Run {made_by} to train it (fast mode takes about a minute)." if made_by else "Train it first.")
     )
 
 

@@ -1,4 +1,4 @@
-"""Figures the notebooks show: image grids, reconstructions, training curves, codebook usage."""
+"""Figures the notebooks show: image grids, reconstructions, training curves, code grids, codebook usage."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["image_grid", "show_images", "show_reconstructions", "plot_history", "plot_codebook_usage", "show_frames"]
+__all__ = [
+    "image_grid", "show_images", "show_reconstructions", "plot_history", "show_code_grids", "plot_codebook_usage",
+    "show_frames",
+]  # fmt: skip
 
 
 def image_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:
@@ -45,39 +48,94 @@ def show_reconstructions(x: Tensor, x_hat: Tensor, n: int = 8, title: str | None
     return fig
 
 
-def plot_history(history: dict, num_embeddings: int | None = None, smooth: int = 20, title: str | None = None):
-    """Loss terms (log scale), perplexity and codes used against steps; evaluations as dots."""
+# what a history's keys are called on a figure (any other key is shown as it is)
+_LABELS = {
+    "recon": "recon (MSE)", "commitment": "commitment (unscaled)", "perplexity": "perplexity (batch)",
+    "codes_used": "codes used (batch)", "nll": "training batches", "mse": "test MSE", "nll_nats": "test grids",
+}  # fmt: skip
+_VQVAE_PANELS = (("total", "recon", "codebook", "commitment"), ("perplexity",), ("codes_used",))
+
+
+def plot_history(
+    history: dict,
+    panels: Sequence[Sequence[str]] | None = None,
+    test: dict[str, str] | None = None,
+    lines: dict[str, tuple[float, str]] | None = None,
+    log_scale: Sequence[str] | None = None,
+    num_embeddings: int | None = None,
+    smooth: int = 20,
+    ylabel: str | None = None,
+    title: str | None = None,
+):
+    """Any training history (what :func:`~vqvae_lib.training.fit` returns) against steps, one panel per
+    group of per-step series, smoothed over ``smooth`` steps, with the evaluations as dots.
+
+    Args:
+        panels: groups of history keys, one panel each. Default: for a VQ-VAE the loss terms, perplexity
+            and codes used; for any other history one panel per logged series.
+        test: ``{history key: evaluation key}``: plot ``history["eval"]``'s values of the evaluation key on
+            that key's panel (default for a VQ-VAE: test MSE beside the reconstruction loss).
+        lines: ``{history key: (value, label)}``: a dashed horizontal line on that key's panel;
+            ``num_embeddings=K`` adds ``K`` to the perplexity and codes-used panels.
+        log_scale: keys whose panel has a log y axis (default for a VQ-VAE: the loss terms).
+    """
+    logged = [k for k in history if k not in ("step", "lr", "eval")]
+    is_vqvae = all(k in history for group in _VQVAE_PANELS for k in group)
+    panels = panels or (_VQVAE_PANELS if is_vqvae else [(k,) for k in logged])
+    test = test if test is not None else ({"recon": "mse"} if is_vqvae else {})
+    log_scale = log_scale if log_scale is not None else (("total",) if is_vqvae else ())
+    lines = dict(lines or {})
+    if num_embeddings:
+        lines.update({k: (num_embeddings, f"K = {num_embeddings}") for k in ("perplexity", "codes_used") if k in history})
     steps = np.asarray(history["step"])
+    evals = history.get("eval") or []
 
     def smoothed(values: Sequence[float]) -> np.ndarray:
         v = np.asarray(values, dtype=float)
         if smooth > 1 and len(v) > smooth:
-            kernel = np.ones(smooth) / smooth
-            return np.convolve(v, kernel, mode="valid")
+            return np.convolve(v, np.ones(smooth) / smooth, mode="valid")
         return v
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
-    for key, label in [("total", "total"), ("recon", "recon (MSE)"), ("codebook", "codebook"), ("commitment", "commitment (unscaled)")]:
-        v = smoothed(history[key])
-        axes[0].plot(steps[len(steps) - len(v):], v, label=label)
-    evals = history.get("eval") or []
-    if evals:
-        axes[0].plot([e["step"] for e in evals], [e["mse"] for e in evals], "ko", ms=4, label="test MSE")
-    axes[0].set_yscale("log")
-    axes[0].set_title("loss terms")
-    axes[0].legend(fontsize=8)
-    for ax, key, name in [(axes[1], "perplexity", "perplexity (batch)"), (axes[2], "codes_used", "codes used (batch)")]:
-        v = smoothed(history[key])
-        ax.plot(steps[len(steps) - len(v):], v)
-        if num_embeddings:
-            ax.axhline(num_embeddings, color="gray", ls="--", lw=1, label=f"K = {num_embeddings}")
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(7, 5 * len(panels)), 3.6), squeeze=False)
+    for ax, keys in zip(axes[0], panels):
+        for key in keys:
+            v = smoothed(history[key])
+            ax.plot(steps[len(steps) - len(v) :], v, label=_LABELS.get(key, key) if len(keys) > 1 else None)
+            if key in test and evals:
+                metric = test[key]
+                ax.plot([e["step"] for e in evals], [e[metric] for e in evals], "ko", ms=4, label=_LABELS.get(metric, metric))
+            if key in lines:
+                ax.axhline(lines[key][0], color="gray", ls="--", lw=1, label=lines[key][1])
+        if any(k in log_scale for k in keys):
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
+        ax.set_title("loss terms" if len(keys) > 1 else _LABELS.get(keys[0], keys[0]))
+        if ax.get_legend_handles_labels()[1]:
             ax.legend(fontsize=8)
-        ax.set_title(name)
-        ax.set_ylim(bottom=0)
-    for ax in axes:
         ax.set_xlabel("step")
+        if ylabel:
+            ax.set_ylabel(ylabel)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def show_code_grids(images: Tensor, indices: Tensor, max_labelled: int = 8):
+    """Each image beside its ``(h, w)`` grid of code indices, coloured by index; grids up to
+    ``max_labelled`` rows also print each index. ``images`` ``(N, C, H, W)``, ``indices`` ``(N, h, w)``."""
+    n = len(images)
+    fig, axes = plt.subplots(1, 2 * n, figsize=(4 * n, 2.4))
+    for i in range(n):
+        axes[2 * i].imshow(images[i].permute(1, 2, 0).squeeze(-1), cmap="gray", vmin=0, vmax=1)
+        axes[2 * i].axis("off")
+        axes[2 * i + 1].imshow(indices[i], cmap="tab20", interpolation="nearest")
+        if indices.shape[1] <= max_labelled:
+            for (r, c), k in np.ndenumerate(indices[i].numpy()):
+                axes[2 * i + 1].text(c, r, int(k), ha="center", va="center", fontsize=6)
+        axes[2 * i + 1].set_title(f"{tuple(indices.shape[1:])} codes", fontsize=9)
+        axes[2 * i + 1].axis("off")
     fig.tight_layout()
     return fig
 

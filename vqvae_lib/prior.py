@@ -28,17 +28,16 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import save_checkpoint
-from .runtime import eval_mode, fast_mode, pick_device, seed_everything, unwrap
-from .training import TrainResult, _make_scheduler
+from .data import make_loader
+from .runtime import eval_mode, pick_device, seed_everything, unwrap
+from .training import FitConfig, TrainResult, fit
 
 __all__ = [
     "CausalConv2d",
@@ -46,8 +45,6 @@ __all__ = [
     "PriorConfig",
     "extract_codes",
     "evaluate_prior",
-    "sample",
-    "sample_indices",
     "train_prior",
 ]
 
@@ -187,34 +184,29 @@ class GatedPixelCNN(nn.Module):
 
 
 @dataclass
-class PriorConfig:
-    """How notebook 8 builds and trains a prior; :meth:`preset` gives its settings per dataset.
+class PriorConfig(FitConfig):
+    """A prior's size and how notebook 8 trains it; :meth:`preset` gives its settings per dataset.
 
     The size (48 channels, 10 gated layers) was chosen by a sweep on MNIST codes
-    (``benchmarks/README.md``); ``steps_fast`` replaces ``steps`` in fast mode (``VQVAE_FAST=1``).
+    (``benchmarks/README.md``). The optimisation fields are :class:`~vqvae_lib.training.FitConfig`'s.
     """
 
     channels: int = 48
     num_layers: int = 10
     kernel_size: int = 3
-    steps: int = 1500
-    steps_fast: int = 150
-    batch_size: int = 128
-    lr: float = 2e-3
-    seed: int = 0
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "PriorConfig":
-        """Notebook 8's prior for the codes of the ``mnist``, ``cifar10`` or ``food101`` VQ-VAE."""
-        presets = {"mnist": cls(steps=1200), "cifar10": cls(steps=1500), "food101": cls(steps=1500)}
+        """Notebook 8's prior for the codes of the ``mnist``, ``cifar10`` or ``food101`` VQ-VAE: five
+        evaluations in full mode, one at the end in fast mode."""
+        presets = {
+            "mnist": cls(steps=1200, steps_fast=150, eval_every=240),
+            "cifar10": cls(steps=1500, steps_fast=150, eval_every=300),
+            "food101": cls(steps=1500, steps_fast=150, eval_every=300),
+        }
         if name not in presets:
             raise ValueError(f"no prior preset {name!r}; choose from {sorted(presets)}")
         return replace(presets[name], **overrides)
-
-    @property
-    def run_steps(self) -> int:
-        """``steps``, or ``steps_fast`` in fast mode."""
-        return self.steps_fast if fast_mode() else self.steps
 
     def build_prior(
         self, num_embeddings: int, grid_shape: tuple[int, int], num_classes: int | None = None
@@ -233,8 +225,6 @@ def extract_codes(
     """Encode every image of ``dataset`` once: ``(codes (N, h, w) long, labels (N,) long)`` on the CPU."""
     from tqdm.auto import tqdm
 
-    from .data import make_loader
-
     dev = pick_device(device)
     vqvae = unwrap(vqvae)
     codes, labels = [], []
@@ -243,20 +233,6 @@ def extract_codes(
             codes.append(vqvae.encode_indices(x.to(dev)).cpu())
             labels.append(torch.as_tensor(y).long())
     return torch.cat(codes), torch.cat(labels)
-
-
-def _batches(n: int, batch_size: int, seed: int, start_step: int):
-    """``(step, index batch)`` forever: a fresh seeded permutation per epoch (resumable by step)."""
-    per_epoch = n // batch_size
-    if per_epoch == 0:
-        raise ValueError(f"batch_size {batch_size} is larger than the {n} code grids")
-    step = start_step
-    while True:
-        epoch, offset = divmod(step, per_epoch)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
-        for b in range(offset, per_epoch):
-            yield step, order[b * batch_size : (b + 1) * batch_size]
-            step += 1
 
 
 # -- training and evaluation ------------------------------------------------------------------------
@@ -288,157 +264,54 @@ def evaluate_prior(
 def train_prior(
     prior: GatedPixelCNN,
     codes: Tensor,
-    labels: Tensor | None = None,
-    steps: int = 1000,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    warmup_steps: int = 50,
-    lr_schedule: str = "cosine",
-    eval_codes: tuple[Tensor, Tensor] | None = None,
-    eval_every: int = 0,
-    device: str | torch.device = "auto",
-    seed: int = 0,
+    labels: Tensor | None,
+    config: PriorConfig | FitConfig,
+    *,
+    eval_codes: tuple[Tensor, Tensor | None] | None = None,
     checkpoint_path: str | os.PathLike | None = None,
+    resume: str | os.PathLike | bool | None = None,
     extra: dict | None = None,
     progress: bool = True,
-    callback: Callable[[int, float], None] | None = None,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Fit the prior to code grids by cross-entropy (Adam, warm-up, cosine decay).
+    """Fit the prior to code grids by cross-entropy with :func:`~vqvae_lib.training.fit`.
 
-    ``codes`` ``(N, h, w)`` and ``labels`` ``(N,)`` come from :func:`extract_codes`; ``eval_codes`` is a
-    held-out ``(codes, labels)`` pair evaluated every ``eval_every`` steps and at the end. History has
-    ``step``, ``nll`` (training nats per code) and ``lr`` per step and ``eval`` entries. Ctrl-C stops
-    cleanly (``interrupted=True``); the checkpoint (if a path is given) is written atomically at the end,
-    with ``extra`` stored beside it (e.g. which VQ-VAE made the codes).
+    ``codes`` ``(N, h, w)`` and ``labels`` ``(N,)`` (or ``None``) come from :func:`extract_codes`;
+    ``eval_codes`` is a held-out ``(codes, labels)`` pair for :func:`evaluate_prior`. Batches are a
+    fresh seeded permutation of the grids each epoch, so a resumed run sees the ones an uninterrupted
+    run would. ``history["nll"]`` is the training loss in nats per code, every step; ``extra`` is stored
+    in the checkpoint (e.g. which VQ-VAE made the codes).
     """
-    from tqdm.auto import tqdm
+    use_labels = labels is not None and bool(prior.num_classes)
+    dev = pick_device(config.device)
+    codes, labels = codes.to(dev), (labels.to(dev) if use_labels else None)  # type: ignore[union-attr]
+    per_epoch = len(codes) // config.batch_size
+    if per_epoch == 0:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(codes)} code grids")
 
-    dev = pick_device(device)
-    prior.to(dev)
-    seed_everything(seed)
-    optimizer = torch.optim.Adam(prior.parameters(), lr=lr)
-    scheduler = _make_scheduler(optimizer, lr_schedule, warmup_steps, steps)
-    history: dict[str, list] = {"step": [], "nll": [], "lr": [], "eval": []}
-    use_labels = labels is not None and prior.num_classes
-    codes, labels = codes.to(dev), (labels.to(dev) if use_labels else None)
+    def batches(start_step: int) -> Iterator[Tensor]:
+        step = start_step
+        while True:
+            epoch, offset = divmod(step, per_epoch)
+            order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(config.seed + epoch))
+            for b in range(offset, per_epoch):
+                yield order[b * config.batch_size : (b + 1) * config.batch_size]
+                step += 1
 
-    def run_eval(step: int) -> dict:
-        metrics = {"step": step, **evaluate_prior(prior, eval_codes[0], eval_codes[1] if use_labels else None)}
-        history["eval"].append(metrics)
-        return metrics
+    def loss_fn(idx: Tensor, device: torch.device) -> dict[str, Tensor]:
+        return {"nll": prior.nll(codes[idx], labels[idx] if use_labels else None)}  # type: ignore[index]
 
-    bar = tqdm(total=steps, desc="training prior", disable=not progress, dynamic_ncols=True)
-    prior.train()
-    t0 = time.perf_counter()
-    done, interrupted = 0, False
-    try:
-        for step, idx in _batches(len(codes), batch_size, seed, 0):
-            if step >= steps:
-                break
-            loss = prior.nll(codes[idx], labels[idx] if use_labels else None)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(f"prior loss became {value} at step {step + 1}; lower the learning rate")
-            done = step + 1
-            history["step"].append(done)
-            history["nll"].append(value)
-            history["lr"].append(optimizer.param_groups[0]["lr"])
-            bar.update(1)
-            if done % 10 == 0:
-                bar.set_postfix(nll=f"{value:.3f}")
-            if eval_codes is not None and eval_every and done % eval_every == 0 and done < steps:
-                m = run_eval(done)
-                bar.write(f"step {done:>6} | {time.perf_counter() - t0:6.1f} s | test nll {m['nll_nats']:.3f} nats "
-                          f"= {m['bits_per_code']:.3f} bits per code (uniform {m['uniform_nats']:.3f} nats)")  # fmt: skip
-            if callback is not None:
-                callback(done, value)
-    except KeyboardInterrupt:
-        interrupted = True
-        bar.write(f"interrupted at step {done}")
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - t0
-    final = None
-    if eval_codes is not None and not interrupted:
-        final = run_eval(done)
-        print(f"step {done:>6} | {seconds:6.1f} s | test nll {final['nll_nats']:.3f} nats = "
-              f"{final['bits_per_code']:.3f} bits per code (uniform {final['uniform_nats']:.3f} nats)")  # fmt: skip
-    path = None
-    if checkpoint_path is not None:
-        path = save_checkpoint(checkpoint_path, prior, None, None, done, history, extra=extra)
-    return TrainResult(history, done, seconds, interrupted, final, path)
+    def evaluate_fn() -> dict[str, float]:
+        test_codes, test_labels = eval_codes  # type: ignore[misc]
+        return evaluate_prior(prior, test_codes, test_labels if use_labels else None)
+
+    return fit(
+        prior, loss_fn, batches, config, loss_key="nll", evaluate_fn=None if eval_codes is None else evaluate_fn,
+        describe_eval=_describe_eval, checkpoint_path=checkpoint_path, resume=resume, extra=extra, progress=progress,
+        desc="training prior", callback=callback,
+    )  # fmt: skip
 
 
-# -- sampling ---------------------------------------------------------------------------------------
-
-
-def _labels_for(prior: GatedPixelCNN, label: int | Tensor | None, n: int, device: torch.device) -> Tensor | None:
-    if label is None:
-        if prior.num_classes:
-            raise ValueError(f"this prior is class-conditional: pass label= (0 .. {prior.num_classes - 1})")
-        return None
-    if not prior.num_classes:
-        raise ValueError("this prior is unconditional: pass label=None")
-    labels = torch.as_tensor(label, dtype=torch.long, device=device)
-    labels = labels.expand(n).clone() if labels.dim() == 0 else labels
-    if labels.shape != (n,):
-        raise ValueError(f"label must be one int or {n} labels, got shape {tuple(labels.shape)}")
-    if labels.min() < 0 or labels.max() >= prior.num_classes:
-        raise ValueError(f"labels must lie in 0 .. {prior.num_classes - 1}")
-    return labels
-
-
-@torch.no_grad()
-def sample_indices(
-    prior: GatedPixelCNN,
-    n: int,
-    label: int | Tensor | None = None,
-    temperature: float = 1.0,
-    grid_shape: tuple[int, int] | None = None,
-    seed: int | None = None,
-) -> Tensor:
-    """Draw ``n`` code grids ``(n, h, w)`` position by position in raster order.
-
-    ``label``: one class for all ``n`` grids or a ``(n,)`` tensor (class-conditional priors only).
-    ``temperature`` divides the logits: below 1 sharper and less varied, above 1 noisier.
-    ``seed`` makes the draw reproducible (a private generator; the global RNG is left alone).
-    """
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, not {temperature}")
-    dev = next(prior.parameters()).device
-    labels = _labels_for(prior, label, n, dev)
-    h, w = grid_shape or prior.grid_shape
-    generator = torch.Generator(device=dev)
-    generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
-    grid = torch.zeros(n, h, w, dtype=torch.long, device=dev)
-    with eval_mode(prior):
-        for i in range(h):
-            for j in range(w):
-                probs = F.softmax(prior(grid, labels)[:, :, i, j].float() / temperature, dim=1)
-                grid[:, i, j] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-    return grid
-
-
-@torch.no_grad()
-def sample(
-    prior: GatedPixelCNN,
-    vqvae: nn.Module,
-    n: int,
-    label: int | Tensor | None = None,
-    temperature: float = 1.0,
-    seed: int | None = None,
-) -> Tensor:
-    """Generate ``n`` images ``(n, C, H, W)`` in [0, 1]: sample code grids, decode them with ``vqvae``."""
-    vqvae = unwrap(vqvae)
-    k = vqvae.quantizer.num_embeddings
-    if k != prior.num_embeddings:
-        raise ValueError(f"the prior models {prior.num_embeddings} codes but the VQ-VAE has {k}")
-    grid = sample_indices(prior, n, label, temperature, seed=seed)
-    with eval_mode(vqvae):
-        dev = next(vqvae.parameters()).device
-        return vqvae.decode_indices(grid.to(dev)).clamp(0, 1)
-
+def _describe_eval(m: dict, seconds: float) -> str:
+    return (f"step {m['step']:>6} | {seconds:6.1f} s training | test nll {m['nll_nats']:.3f} nats = "
+            f"{m['bits_per_code']:.3f} bits per code (uniform {m['uniform_nats']:.3f} nats)")  # fmt: skip

@@ -1,7 +1,6 @@
 """Pictures of the model drawn from the model itself: architecture diagrams and codebook views.
 
-    python -m vqvae_lib.visualise                  # writes model_visualisation/*.png, prints summaries
-    python -m vqvae_lib.visualise --out /tmp/figs  # somewhere else
+``python tools/draw_model_figures.py`` draws the ones in ``model_visualisation/``.
 
 The architecture diagram runs a dummy image through the real modules with forward hooks and labels
 every stage with the shape it actually produced, so the picture cannot drift from the code. The
@@ -11,11 +10,8 @@ codebook figures read a trained checkpoint: how often each code is used, where t
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
-from pathlib import Path
 
-import matplotlib
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -225,48 +221,3 @@ def draw_codebook(model: VQVAE, counts: Tensor, grid_shape: tuple[int, int], top
         fig.suptitle(title)
     fig.tight_layout()
     return fig
-
-
-# -- command line -------------------------------------------------------------------------------
-
-_IMAGE_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-
-
-def main() -> None:
-    from .checkpoint import load_checkpoint
-    from .data import load_test_set
-    from .paths import find_checkpoint, project_dir
-    from .training import TrainConfig, evaluate
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=project_dir() / "model_visualisation")
-    parser.add_argument("--no-codebook", action="store_true", help="only the architecture (no checkpoints or data needed)")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, shape in _IMAGE_SHAPES.items():
-        cfg = TrainConfig.preset(name)
-        model = cfg.build_model()
-        print(f"\n## {name} (TrainConfig.preset({name!r}))\n")
-        print(summary_table(model, shape))
-        fig = draw_architecture(model, shape, title=f"VQ-VAE, {name} configuration: {sum(p.numel() for p in model.parameters()):,} parameters")
-        path = args.out / f"architecture_{name}.png"
-        fig.savefig(path, dpi=90, bbox_inches="tight")
-        plt.close(fig)
-        print(f"\nwrote {path}")
-        if args.no_codebook:
-            continue
-        ckpt = find_checkpoint(name, prefer="pretrained")
-        trained = load_checkpoint(ckpt).eval()
-        test_set, test_name = load_test_set(name)
-        metrics = evaluate(trained, test_set, histogram=True)
-        grid_shape = trained.latent_shape(shape[1:])
-        fig = draw_codebook(trained, metrics["histogram"], grid_shape, title=f"{name}: the codebook of {ckpt.name} on {test_name}")
-        path = args.out / f"codebook_{name}.png"
-        fig.savefig(path, dpi=90, bbox_inches="tight")
-        plt.close(fig)
-        print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    matplotlib.use("Agg")
-    main()

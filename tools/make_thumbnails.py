@@ -1,6 +1,6 @@
 """Save each notebook's key figure as a thumbnail for the README (run after executing the notebooks).
 
-    python model_visualisation/make_thumbnails.py
+    python tools/make_thumbnails.py
 
 The figures are the PNG outputs the notebooks' own code drew on real data; this only picks one per
 notebook and scales it down.
@@ -15,8 +15,9 @@ from pathlib import Path
 import nbformat
 from PIL import Image
 
-HERE = Path(__file__).resolve().parent
-NOTEBOOKS = HERE.parent / "notebooks"
+REPO = Path(__file__).resolve().parent.parent
+HERE = REPO / "model_visualisation"  # where the thumbnails go
+NOTEBOOKS = REPO / "notebooks"
 # which PNG output (in order of appearance) is each notebook's key figure
 KEY_FIGURE = {"01": 0, "02": 0, "03": 0, "04": 2, "05": 2, "06": 3, "07": 0, "08": 3}
 

@@ -1,8 +1,8 @@
 """Execute the notebook series (the main job), in full or fast mode, and keep them clean.
 
-    python -m vqvae_lib.notebooks                 # full mode, outputs written back into notebooks/
-    python -m vqvae_lib.notebooks --fast 04 07    # fast mode, only 04_* and 07_*
-    python -m vqvae_lib.notebooks --fast --output-dir /tmp/run   # leave notebooks/ untouched
+    python tools/run_notebooks.py                 # full mode, outputs written back into notebooks/
+    python tools/run_notebooks.py --fast 04 07    # fast mode, only 04_* and 07_*
+    python tools/run_notebooks.py --fast --output-dir /tmp/run   # leave notebooks/ untouched
 
 Executed notebooks are cleaned the way they are committed: no execution counts and no widget state
 (outputs kept), so a diff shows only what changed in what a reader sees.
@@ -15,8 +15,8 @@ import os
 import time
 from pathlib import Path
 
-from .paths import project_dir
-from .runtime import FAST_ENV
+from vqvae_lib.paths import project_dir
+from vqvae_lib.runtime import FAST_ENV
 
 __all__ = ["notebook_paths", "clean_notebook", "execute_notebook"]
 
