@@ -278,9 +278,9 @@ def test_one_rule_for_bad_files_whatever_the_source(shared_root, tmp_path):
     broken.write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.warns(UserWarning, match=r"skipped 1 unreadable image file\(s\).*" + test_files[3]):
         test = load_dataset("food101", "test", root=food, image_size=32)
-    assert len(test) == 199 and torch.bincount(test.labels).sum() == 199
     lazy = load_dataset("food101", "test", root=food, image_size=32, in_memory=False)
     position = [Path(q).name for q in lazy.paths].index(broken.name)
+    assert len(test) == 199 and test.labels.tolist() == lazy.labels[:position] + lazy.labels[position + 1 :]
     with pytest.raises(DatasetFileError, match=test_files[3]):
         lazy[position]
 

@@ -175,10 +175,42 @@ def test_prior_learns_real_codes_below_the_uniform_log_k_and_checkpoints(mnist_c
     assert after["nll_nats"] < 0.8 * math.log(k) < before["nll_nats"] * 1.2
     assert after["bits_per_code"] == pytest.approx(after["nll_nats"] / math.log(2))
     assert result.history["nll"][-1] < result.history["nll"][0]
+    # the library's plot_history draws a prior's history too: the loss, its test points, log K
+    from vqvae_lib.plotting import plot_history
+
+    fig = plot_history(result.history, test={"nll": "nll_nats"}, lines={"nll": (math.log(k), "log K")}, smooth=1)
+    assert fig.axes[0].get_legend_handles_labels()[1] == ["training batches", "test grids", "log K"]
     # the checkpoint rebuilds the same prior with no other arguments
     loaded = load_checkpoint(result.checkpoint_path)
     assert isinstance(loaded, GatedPixelCNN) and loaded.config == prior.config
     torch.testing.assert_close(loaded(test_codes[:4], test_labels[:4]), prior.eval()(test_codes[:4], test_labels[:4]))
+
+
+def test_an_interrupted_prior_run_resumes_where_it_stopped(mnist_codes, tmp_path):
+    # train_prior runs the VQ-VAE's loop, resume included: stopped at step 12 and resumed, it ends
+    # bitwise where an uninterrupted run ends (same process, same kernels, same batches)
+    _, (codes, labels), _ = mnist_codes
+    config = PriorConfig(steps=30, batch_size=64, warmup_steps=5, seed=3, device="cpu")
+
+    def fresh() -> GatedPixelCNN:
+        torch.manual_seed(0)
+        return GatedPixelCNN(128, (7, 7), channels=8, num_layers=3, num_classes=10)
+
+    straight = fresh()
+    train_prior(straight, codes, labels, config, progress=False)
+
+    def stop_at_12(step, logs):
+        if step == 12:
+            raise KeyboardInterrupt
+
+    path = tmp_path / "prior.pt"
+    assert train_prior(fresh(), codes, labels, config, checkpoint_path=path, callback=stop_at_12, progress=False).interrupted
+    torch.manual_seed(99)  # the checkpoint restores the random state
+    resumed = fresh()
+    result = train_prior(resumed, codes, labels, config, checkpoint_path=path, resume=True, progress=False)
+    assert result.steps == 30 and len(result.history["nll"]) == 30
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
 
 
 def test_sampling_is_reproducible_from_a_seed_and_decodes_to_images(mnist_codes):

@@ -91,11 +91,13 @@ def _library_sources() -> dict[str, str]:
 
 def test_one_home_for_each_concern():
     sources = _library_sources()
-    # one training loop: fit is the only code that steps an optimizer on a loss
-    assert [name for name, text in sources.items() if ".backward()" in text] == ["training.py"]
-    assert sum(text.count(".backward()") for text in sources.values()) == 1
-    # every torch.distributed call goes through runtime.py's helpers
-    assert [name for name, text in sources.items() if "torch.distributed" in text.replace("``torch.distributed``", "")] == ["runtime.py"]
+    # one training loop: fit is the only code that backpropagates a loss
+    backward = re.compile(r"\.backward\(|autograd\.backward|autograd\.grad\(")
+    assert [name for name, text in sources.items() if backward.search(text)] == ["training.py"]
+    assert len(backward.findall(sources["training.py"])) == 1
+    # every torch.distributed call goes through runtime.py's helpers (mentions in docstrings aside)
+    distributed = re.compile(r"(?<!``)torch\.distributed|from torch import .*\bdistributed\b")
+    assert [name for name, text in sources.items() if distributed.search(text)] == ["runtime.py"]
     # the notebooks know the library, not the other way round
     assert not [name for name, text in sources.items() if re.search(r"\d\d_\w+\.ipynb", text)]
 

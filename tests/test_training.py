@@ -227,6 +227,9 @@ def test_fit_writes_one_history_for_any_model_and_stops_on_a_non_finite_loss():
 
     with pytest.raises(FloatingPointError, match="at step 6"):
         fit(line, exploding, lambda start: iter(range(start, 10**6)), config, loss_key="mse", progress=False)
+    line.reset_parameters()  # the infinite loss left NaN weights behind
+    with pytest.raises(ValueError, match="ran out after step 10 of 200"):  # not a quiet short run
+        fit(line, loss_fn, lambda start: iter(range(start, 10)), config, loss_key="mse", progress=False)
 
 
 def test_steps_fast_replaces_steps_only_in_fast_mode_and_only_when_set(monkeypatch):
@@ -284,3 +287,5 @@ def test_every_vqvae_argument_is_reachable_from_a_train_config_and_the_command_l
         assert described(model) != described(base.build_model()), f"{name} does not reach the model"
         args = build_parser().parse_args(["--preset", "mnist", f"--{name.replace('_', '-')}", str(value)])
         assert getattr(config_from_args(args).model, name) == value, f"--{name} does not reach the config"
+    args = build_parser().parse_args(["--preset", "mnist", "--data-init", "none"])
+    assert config_from_args(args).model.data_init is None  # "none" sets a field to None, not "not given"

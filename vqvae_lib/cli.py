@@ -74,22 +74,27 @@ def build_parser() -> argparse.ArgumentParser:
     for title, field_list in (("TrainConfig", _config_fields()[0]), ("VQVAEConfig", _config_fields()[1])):
         group = parser.add_argument_group(f"{title} fields (default: the preset's value)")
         for field in field_list:
+            # SUPPRESS: an option not given is absent, so that "none" can set a field to None
             group.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=_field_type(field),
-                               default=None, metavar=field.name.upper())  # fmt: skip
+                               default=argparse.SUPPRESS, metavar=field.name.upper())  # fmt: skip
     return parser
 
 
+# the command line runs --steps whatever the fast mode (only the notebooks shorten their runs), and
+# checkpoints every 500 steps unless told otherwise, as it always has
+_CLI_ONLY = {"steps_fast": None, "checkpoint_every": 500}
+
+
 def _config_fields() -> tuple[list[dataclasses.Field], list[dataclasses.Field]]:
-    """The options: every TrainConfig field but the nested model, then every VQVAEConfig field."""
-    return [f for f in dataclasses.fields(TrainConfig) if f.name != "model"], list(dataclasses.fields(VQVAEConfig))
+    """The options: every TrainConfig field but the nested model and steps_fast, then every VQVAEConfig field."""
+    own = [f for f in dataclasses.fields(TrainConfig) if f.name not in ("model", "steps_fast")]
+    return own, list(dataclasses.fields(VQVAEConfig))
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The preset with every option given on the command line applied. The command line runs ``--steps``
-    whatever the fast mode: only the notebooks shorten their runs."""
-    overrides = {f.name: getattr(args, f.name) for group in _config_fields() for f in group
-                 if getattr(args, f.name, None) is not None}  # fmt: skip
-    return dataclasses.replace(TrainConfig.preset(args.preset, **overrides), steps_fast=None)
+    """The preset with every option given on the command line applied."""
+    given = {f.name: getattr(args, f.name) for group in _config_fields() for f in group if hasattr(args, f.name)}
+    return TrainConfig.preset(args.preset, **{**_CLI_ONLY, **given})
 
 
 def _take(dataset, n: int, seed: int):

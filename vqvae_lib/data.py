@@ -113,16 +113,6 @@ def _resize_center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     return img.crop((left, top, left + w, top + h))
 
 
-def _image_to_uint8(img: Image.Image, channels: int, size: tuple[int, int] | None) -> Tensor:
-    img = _to_mode(img, channels)
-    if size is not None:
-        img = _resize_center_crop(img, size)
-    arr = np.asarray(img, dtype=np.uint8)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
-
-
 def decode_image(source: str | os.PathLike | IO[bytes], channels: int, size: tuple[int, int] | None, name: str = "") -> Tensor:
     """One image file (a path or an open binary file) -> uint8 ``(channels, H, W)``: any PIL mode becomes
     L or RGB (transparency on white), then the shorter side is scaled to fit ``size`` and the centre

@@ -48,11 +48,12 @@ def show_reconstructions(x: Tensor, x_hat: Tensor, n: int = 8, title: str | None
     return fig
 
 
-# what a history's keys are called on a figure (any other key is shown as it is)
+# what a history's keys are called on a figure: in a legend, and as the title of a panel of their own
 _LABELS = {
     "recon": "recon (MSE)", "commitment": "commitment (unscaled)", "perplexity": "perplexity (batch)",
     "codes_used": "codes used (batch)", "nll": "training batches", "mse": "test MSE", "nll_nats": "test grids",
 }  # fmt: skip
+_TITLES = {"nll": "negative log-likelihood per code"}
 _VQVAE_PANELS = (("total", "recon", "codebook", "commitment"), ("perplexity",), ("codes_used",))
 
 
@@ -98,9 +99,11 @@ def plot_history(
 
     fig, axes = plt.subplots(1, len(panels), figsize=(max(7, 5 * len(panels)), 3.6), squeeze=False)
     for ax, keys in zip(axes[0], panels):
+        # a lone series needs no legend entry unless test points share its panel
+        named = len(keys) > 1 or any(k in test for k in keys)
         for key in keys:
             v = smoothed(history[key])
-            ax.plot(steps[len(steps) - len(v) :], v, label=_LABELS.get(key, key) if len(keys) > 1 else None)
+            ax.plot(steps[len(steps) - len(v) :], v, label=_LABELS.get(key, key) if named else None)
             if key in test and evals:
                 metric = test[key]
                 ax.plot([e["step"] for e in evals], [e[metric] for e in evals], "ko", ms=4, label=_LABELS.get(metric, metric))
@@ -110,13 +113,16 @@ def plot_history(
             ax.set_yscale("log")
         else:
             ax.set_ylim(bottom=0)
-        ax.set_title("loss terms" if len(keys) > 1 else _LABELS.get(keys[0], keys[0]))
+        if title and len(panels) == 1:  # one panel: the figure's title is the panel's
+            ax.set_title(title)
+        else:
+            ax.set_title("loss terms" if len(keys) > 1 else _TITLES.get(keys[0], _LABELS.get(keys[0], keys[0])))
         if ax.get_legend_handles_labels()[1]:
             ax.legend(fontsize=8)
         ax.set_xlabel("step")
         if ylabel:
             ax.set_ylabel(ylabel)
-    if title:
+    if title and len(panels) > 1:
         fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -180,7 +180,7 @@ class GatedPixelCNN(nn.Module):
         return F.cross_entropy(self(indices, labels), indices)
 
 
-# -- data ------------------------------------------------------------------------------------------
+# -- configuration and data --------------------------------------------------------------------------
 
 
 @dataclass

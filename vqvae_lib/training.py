@@ -35,8 +35,8 @@ class FitConfig:
     :class:`~vqvae_lib.PriorConfig`.
 
     ``steps_fast``, when set, replaces ``steps`` in fast mode (``VQVAE_FAST=1``, see
-    :func:`~vqvae_lib.fast_mode`). ``eval_every`` and ``checkpoint_every`` (0: never) count steps;
-    there is always an evaluation and a checkpoint at the end.
+    :func:`~vqvae_lib.fast_mode`). ``eval_every`` and ``checkpoint_every`` (0: never) count steps; a
+    run with test data is also evaluated at the end, and one with a checkpoint path saved at the end.
     """
 
     steps: int = 3000
@@ -250,6 +250,8 @@ def fit(
                 checkpoint(done)
             if callback is not None:
                 callback(done, logs)
+        if done < steps:  # a finite iterable of batches ran out
+            raise ValueError(f"the batches ran out after step {done} of {steps}")
     except KeyboardInterrupt:
         interrupted = True
         done = history["step"][-1] if history["step"] else start

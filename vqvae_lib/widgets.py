@@ -81,7 +81,7 @@ class InterpolationExplorer:
         from .interpolation import interpolate_latents
 
         if not sources:
-            raise ValueError("no models to explore: train one with notebooks 04-06 first")
+            raise ValueError("no models to explore: pass at least one name -> (model, images) pair")
         self._interpolate = interpolate_latents
         self.sources = sources
         self.steps = steps
