@@ -91,8 +91,10 @@ def _library_sources() -> dict[str, str]:
 
 def test_one_home_for_each_concern():
     sources = _library_sources()
-    # one training loop: fit is the only code that backpropagates a loss
-    backward = re.compile(r"\.backward\(|autograd\.backward|autograd\.grad\(")
+    # one training loop: fit is the only code that backpropagates a loss into parameters' .grad
+    # (torch.autograd.grad, which returns gradients and updates nothing, is how the exercise checkers
+    # inspect an answer)
+    backward = re.compile(r"\.backward\(|autograd\.backward")
     assert [name for name, text in sources.items() if backward.search(text)] == ["training.py"]
     assert len(backward.findall(sources["training.py"])) == 1
     # every torch.distributed call goes through runtime.py's helpers (mentions in docstrings aside)
