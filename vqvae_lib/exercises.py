@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["CheckResult", "check_nearest_code", "check_straight_through", "check_quantizer_loss"]
+__all__ = ["CheckResult", "check_nearest_code", "check_straight_through", "check_quantizer_loss", "check_ema_update"]
 
 
 @dataclass
@@ -77,8 +77,9 @@ def check_nearest_code(fn: Callable[[Tensor, Tensor], Tensor]) -> CheckResult:
         distances = (z.double()[:, None] - codebook.double()[None]).pow(2).sum(-1)  # the definition, in float64
         best = distances.min(dim=1).values
         chosen = distances.gather(1, out.long()[:, None]).squeeze(1)
-        # float32 searches may round a near-tie either way: 1e-5 of the distances' scale is ~100x the
-        # float32 error of ||z||^2 - 2 z.e + ||e||^2 at these magnitudes, and far below any real gap
+        # float32 searches may round a near-tie either way: the expanded form and cdist err by at most
+        # 2e-6 of (1 + best) on these cases, so 1e-5 is 5x that, and 12x below the smallest real gap
+        # between a nearest and a second-nearest code here (1.2e-4)
         wrong = (chosen - best) > 1e-5 * (1 + best)
         if wrong.any():
             i = int(wrong.nonzero()[0])
@@ -102,22 +103,22 @@ def check_straight_through(fn: Callable[[Tensor, Tensor], Tensor]) -> CheckResul
     upstream = torch.randn(6, 3, generator=g)
     try:
         out = fn(z_e, z_q)
-        grad_z_e = grad_z_q = None
-        if isinstance(out, Tensor) and out.requires_grad:
-            grad_z_e, grad_z_q = _gradients((out * upstream).sum(), z_e, z_q)
     except Exception as err:
         return _report(False, f"it raised {type(err).__name__}: {err}")
     if not isinstance(out, Tensor):
         return _report(False, f"it returned a {type(out).__name__}; return a tensor")
-    # z_e + (z_q - z_e) rounds in float32: two roundings of numbers below ~5, so 1e-5 is ~20x that error
+    if out.shape != z_q.shape:
+        return _report(False, f"it returned shape {tuple(out.shape)}; the output has z_q's shape {tuple(z_q.shape)}")
+    grad_z_e, grad_z_q = _gradients((out * upstream.to(out.dtype)).sum(), z_e, z_q) if out.requires_grad else (None, None)
     if grad_z_q is not None and grad_z_q.abs().sum() > 0:  # first: this mistake also disturbs z_e's gradient
-        return _report(False, "the gradient also reaches z_q: detach (z_q - z_e) so the codes only learn from the codebook loss")
-    if out.shape != z_q.shape or not torch.allclose(out.detach(), z_q.detach(), rtol=0, atol=1e-5):
-        close_to_ze = out.shape == z_e.shape and torch.allclose(out.detach(), z_e.detach(), atol=1e-5)
+        return _report(False, "the gradient also reaches z_q: z_q may only appear inside .detach(), e.g. z_e + (z_q - z_e).detach()")
+    # z_e + (z_q - z_e) rounds in float32: two roundings of numbers below ~5, so 1e-5 is ~20x that error
+    if not torch.allclose(out.detach().double(), z_q.detach().double(), rtol=0, atol=1e-5):
+        close_to_ze = torch.allclose(out.detach().double(), z_e.detach().double(), atol=1e-5)
         return _report(False, "its value is z_e: the decoder must receive the codes z_q" if close_to_ze else "its value is not z_q")
     if grad_z_e is None or not grad_z_e.abs().sum() > 0:
         return _report(False, "z_e receives no gradient: the encoder would never learn (notebook 2's broken model)")
-    if not torch.allclose(grad_z_e, upstream, rtol=0, atol=1e-6):  # an identity backward is exact up to rounding
+    if not torch.allclose(grad_z_e.double(), upstream.double(), rtol=0, atol=1e-6):  # an identity backward is exact up to rounding
         return _report(False, "z_e's gradient is not the incoming gradient: straight-through copies it unchanged")
     return _report(True, "value z_q, gradient to z_e unchanged, none to z_q")
 
@@ -128,29 +129,110 @@ def check_quantizer_loss(fn: Callable[[Tensor, Tensor, float], Tensor]) -> Check
     g = torch.Generator().manual_seed(2)
     z_e = torch.randn(10, 4, generator=g, requires_grad=True)
     e = torch.randn(10, 4, generator=g, requires_grad=True)
-    beta = 0.25
+    beta = 0.4  # not the usual 0.25, so that an answer with beta written in is caught
     try:
         loss = fn(z_e, e, beta)
-        to_z, to_e = _gradients(loss, z_e, e) if loss.requires_grad and loss.numel() == 1 else (None, None)
     except Exception as err:
         return _report(False, f"it raised {type(err).__name__}: {err}")
+    if not isinstance(loss, Tensor):
+        return _report(False, f"it returned a {type(loss).__name__}; return one tensor, codebook + beta * commitment")
+    to_z, to_e = _gradients(loss.sum(), z_e, e) if loss.requires_grad and loss.numel() == 1 else (None, None)
     diff = (z_e - e).detach()
     expected = float(diff.pow(2).mean()) * (1 + beta)
     unit = 2 * diff / diff.numel()  # the gradient of mean((z_e - e)^2) with respect to z_e
-    # relative 1e-5: float32 sums of 40 squares; any real mistake is off by a factor (beta, N, 2)
+    # relative 1e-5 on the value and 1e-4 on gradients: float32 sums of 40 squares err by ~1e-7; every
+    # mistake below is off by a factor (beta against 1, 1 + beta, N, 2)
     if loss.numel() != 1:
         return _report(False, f"it returned shape {tuple(loss.shape)}; the loss is one number (a mean)")
     value = float(loss.detach())
-    if abs(value - expected) > 1e-5 * expected:
+    if not abs(value - expected) <= 1e-5 * expected:  # written so that NaN fails
+        if abs(0.25 - beta) and abs(value - expected / (1 + beta) * 1.25) <= 1e-5 * expected:
+            return _report(False, "the value uses beta = 0.25 whatever beta is passed: use the argument")
         if abs(value - expected * diff.numel()) < 1e-4 * expected * diff.numel():
             return _report(False, "the value is a sum over elements; use the mean, as the reconstruction term does")
         return _report(False, f"the value is {value:.5f}, expected {expected:.5f} = (1 + beta) * mean((z_e - e)^2)")
     if to_e is None or to_z is None:
-        return _report(False, "one side gets no gradient at all: the codes need the codebook term, the encoder the commitment term")
+        if to_e is None and to_z is None:
+            which = "neither z_e nor e gets a gradient"
+        else:
+            which = ("e (the codes)" if to_e is None else "z_e (the encoder)") + " gets no gradient"
+        return _report(False, f"{which}: the codes need the codebook term, the encoder the commitment term")
     if torch.allclose(to_e, -beta * unit, rtol=1e-4) and torch.allclose(to_z, unit, rtol=1e-4):
-        return _report(False, "beta is on the codebook term: it must scale the commitment term (the encoder's side)")
-    if torch.allclose(to_z, (1 + beta) * unit, rtol=1e-4):
+        return _report(False, "beta scales the codes' side: it must scale the commitment term, whose gradient goes to z_e "
+                       "(either beta is on the codebook term, or the two stop-gradients are swapped)")
+    if torch.allclose(to_z, (1 + beta) * unit, rtol=1e-4) and torch.allclose(to_e, -(1 + beta) * unit, rtol=1e-4):
         return _report(False, "the stop-gradients are missing: both terms move both z_e and e")
+    if torch.allclose(to_z, (1 + beta) * unit, rtol=1e-4) or torch.allclose(to_e, -(1 + beta) * unit, rtol=1e-4):
+        return _report(False, "one stop-gradient is missing: the codebook term must not move z_e (sg[z_e]), the commitment term not e (sg[e])")
     if not (torch.allclose(to_e, -unit, rtol=1e-4) and torch.allclose(to_z, beta * unit, rtol=1e-4)):
         return _report(False, "the gradients are not those of codebook + beta * commitment with stop-gradients")
     return _report(True, "the value, and each term's gradient on its own side: codes by the codebook term, z_e by beta * commitment")
+
+
+def _ema_reference(cluster_size: Tensor, embed_sum: Tensor, z: Tensor, indices: Tensor, decay: float, eps: float):
+    """Appendix A.1 with Laplace smoothing, in float64 (the definition the checker holds answers to)."""
+    k = len(cluster_size)
+    n_k = torch.bincount(indices, minlength=k).double()
+    s_k = torch.zeros(k, z.shape[1], dtype=torch.float64).index_add_(0, indices, z.double())
+    size = decay * cluster_size.double() + (1 - decay) * n_k
+    total = decay * embed_sum.double() + (1 - decay) * s_k
+    n = size.sum()
+    smoothed = (size + eps) / (n + k * eps) * n
+    return size, total, total / smoothed[:, None]
+
+
+def check_ema_update(fn: Callable[..., tuple[Tensor, Tensor, Tensor]]) -> CheckResult:
+    """``fn(cluster_size (K,), embed_sum (K, D), z (N, D), indices (N,), decay, eps)`` -> the new
+    ``(cluster_size, embed_sum, codebook)`` of one EMA step (appendix A.1), with ``n_k`` the number of
+    rows of ``z`` assigned to code ``k`` and ``s_k`` their sum::
+
+        N_k <- decay * N_k + (1 - decay) * n_k        m_k <- decay * m_k + (1 - decay) * s_k
+        e_k  = m_k / N~_k,   N~_k = (N_k + eps) / (sum_j N_j + K eps) * sum_j N_j
+
+    The case has a code that has gone unused for long (``N_k`` near 0), where the smoothing matters, and
+    two codes that no row is assigned to in this step."""
+    g = torch.Generator().manual_seed(3)
+    k, d, decay, eps = 8, 3, 0.9, 1e-3
+    cluster_size = torch.rand(k, generator=g) * 5 + 0.5
+    cluster_size[6] = 1e-6  # a code nobody has chosen for a long time
+    embed_sum = torch.randn(k, d, generator=g) * cluster_size[:, None]
+    z = torch.randn(40, d, generator=g)
+    indices = torch.randint(0, 6, (40,), generator=g)  # codes 6 and 7 get nothing this step
+    inputs = (cluster_size, embed_sum, z, indices)
+    try:
+        out = fn(*(t.clone() for t in inputs), decay, eps)
+    except Exception as err:
+        hint = " (bincount(indices, minlength=K) counts codes that no row chose too)" if "size of tensor" in str(err) else ""
+        return _report(False, f"it raised {type(err).__name__}: {err}{hint}")
+    try:
+        size, total, codebook = (torch.as_tensor(t).double() for t in out)
+    except Exception:
+        return _report(False, "it should return three tensors: (cluster_size, embed_sum, codebook)")
+    want_size, want_total, want_codebook = _ema_reference(*inputs, decay, eps)
+
+    # float32 inputs, a handful of float32 operations each (~1e-6 relative); 1e-4 is 100x that, while
+    # every mistake below moves values by a factor (0.9 against 0.1, a smoothing of the 1e-6 count);
+    # atol 1e-6 only matters for the near-zero entries of the long-unused code
+    def same(a: Tensor, b: Tensor) -> bool:
+        return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-4, atol=1e-6))
+
+    swapped = _ema_reference(*inputs, 1 - decay, eps)
+    if not same(size, want_size):
+        if same(size, cluster_size.double()):
+            return _report(False, "the cluster sizes come back unchanged: N_k moves too, decay * N_k + (1 - decay) * n_k")
+        if same(size, swapped[0]):
+            return _report(False, "the cluster sizes weight the new counts by decay: the old value keeps decay, the batch gets 1 - decay")
+        return _report(False, "the cluster sizes N_k are wrong: decay * N_k + (1 - decay) * n_k, n_k counted with bincount(indices, minlength=K)")
+    if not same(total, want_total):
+        means = torch.zeros(k, d, dtype=torch.float64).index_add_(0, indices, z.double())
+        means = means / torch.bincount(indices, minlength=k).clamp_min(1).double()[:, None]
+        if same(total, decay * embed_sum.double() + (1 - decay) * means):
+            return _report(False, "embed_sum averages the assigned vectors: it accumulates their sum s_k (the division comes at the end)")
+        return _report(False, "embed_sum m_k is wrong: decay * m_k + (1 - decay) * s_k, s_k the sum of the rows assigned to k")
+    if not same(codebook, want_codebook):
+        if same(codebook, want_total / want_size[:, None]):
+            return _report(False, "the codes of rarely used entries are wrong: divide by the Laplace-smoothed N~_k, not N_k")
+        if same(codebook[:6], want_codebook[:6]):
+            return _report(False, "codes 6 and 7, which no row chose this step, are wrong: e_k = m_k / N~_k holds for every code")
+        return _report(False, "the codebook is wrong: e_k = m_k / N~_k with the smoothed counts")
+    return _report(True, "cluster sizes, sums and codes of one EMA step, the long-unused code included")
