@@ -90,6 +90,7 @@ def test_command_line_under_torchrun_writes_and_resumes_one_checkpoint(real_root
     schedule, rank 0 alone writes the checkpoint, and a resumed run continues it."""
     out = _run([*SMALL, "--steps", "20", "--out", str(tmp_path / "ddp.pt")], real_root, torchrun=True)
     assert "2 process(es) on cpu" in out
+    assert "evaluate on 256 of mnist test (10,000 images)" in out  # --eval-subset is what is evaluated
     assert "max weight difference across 2 processes: 0" in out, out
     assert [s for s, _, _ in EVAL.findall(out)] == ["10", "20"], out
     assert read_checkpoint(tmp_path / "ddp.pt").step == 20

@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_subset:
         train_set = _take(train_set, args.train_subset, cfg.seed)
     if args.eval_subset:
+        test_name = f"{min(args.eval_subset, len(test_set)):,} of {test_name}"
         test_set = _take(test_set, args.eval_subset, cfg.seed)
 
     model = wrap_distributed(cfg.build_model().to(device), device)  # the seed gives every process the same weights
