@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 __all__ = [
     "DatasetFileError",
@@ -113,10 +113,10 @@ def _resize_center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     return img.crop((left, top, left + w, top + h))
 
 
-def decode_image(source: str | os.PathLike | IO[bytes], channels: int, size: tuple[int, int] | None, name: str = "") -> Tensor:
+def decode_image(source: str | os.PathLike | IO[bytes], channels: int, size: tuple[int, int] | None) -> Tensor:
     """One image file (a path or an open binary file) -> uint8 ``(channels, H, W)``: any PIL mode becomes
     L or RGB (transparency on white), then the shorter side is scaled to fit ``size`` and the centre
-    cropped. A file PIL cannot decode raises :class:`DatasetFileError` naming it (``name`` or the path)."""
+    cropped. A file PIL cannot decode raises :class:`DatasetFileError` naming it."""
     try:
         with Image.open(source) as img:
             img = _to_mode(img, channels)
@@ -124,7 +124,7 @@ def decode_image(source: str | os.PathLike | IO[bytes], channels: int, size: tup
                 img = _resize_center_crop(img, size)
             arr = np.asarray(img, dtype=np.uint8)
     except _DECODE_ERRORS as err:
-        raise DatasetFileError(f"could not decode {name or source} ({err}); remove or replace the file") from err
+        raise DatasetFileError(f"could not decode {source} ({err}); remove or replace the file") from err
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
@@ -283,8 +283,10 @@ class BatchLoader:
 
     The order of epoch ``e`` is ``randperm(n)`` from a generator seeded with ``seed + e`` (like
     ``DistributedSampler.set_epoch``), so a run resumed at any step sees the same batches as an
-    uninterrupted one. In-memory datasets are sliced directly (one uint8->float conversion per
-    batch); other datasets go through a ``DataLoader`` with ``num_workers`` processes.
+    uninterrupted one (:meth:`batches_from`). In-memory datasets are sliced directly (a
+    :class:`TensorImageDataset` with one uint8->float conversion per batch, a ``TensorDataset`` such as
+    the prior's code grids as it is); other datasets go through a ``DataLoader`` with ``num_workers``
+    processes.
     ``rank``/``world_size`` shard every epoch over the processes of a distributed run: ``batch_size``
     is per process, and batch ``i`` of rank ``r`` is slice ``r`` of the single-process batch ``i`` of
     ``batch_size * world_size`` images, so that ``W`` processes together see exactly the batches one
@@ -307,7 +309,7 @@ class BatchLoader:
             raise ValueError("the dataset is empty")
         if self.drop_last and len(self.dataset) // self.world_size < self.batch_size:
             raise ValueError(
-                f"batch_size {self.batch_size} is larger than the {len(self.dataset) // self.world_size} images "
+                f"batch_size {self.batch_size} is larger than the {len(self.dataset) // self.world_size} samples "
                 f"available per process; lower batch_size or pass drop_last=False"
             )
 
@@ -317,6 +319,15 @@ class BatchLoader:
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
+
+    def batches_from(self, step: int) -> Iterator[Any]:
+        """Batches from global step ``step`` on, epoch after epoch: those an uninterrupted run would draw
+        from that step (the loader is iterated, never re-created per step)."""
+        epoch, offset = divmod(step, len(self))
+        while True:
+            self.set_epoch(epoch, offset)
+            yield from self
+            epoch, offset = epoch + 1, 0
 
     def _batches(self) -> list[Tensor]:
         n = len(self.dataset)
@@ -337,6 +348,9 @@ class BatchLoader:
             images, labels = self.dataset.images, self.dataset.labels
             for idx in batches:
                 yield images[idx].float().div_(255), labels[idx]
+        elif isinstance(self.dataset, TensorDataset):
+            for idx in batches:
+                yield tuple(t[idx] for t in self.dataset.tensors)
         else:
             loader = DataLoader(self.dataset, batch_sampler=[b.tolist() for b in batches], num_workers=self.num_workers)
             for x, y in loader:

@@ -29,11 +29,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import TensorDataset
 
 from .data import make_loader
 from .runtime import eval_mode, pick_device, seed_everything, unwrap
@@ -284,29 +285,18 @@ def train_prior(
     """
     use_labels = labels is not None and bool(prior.num_classes)
     dev = pick_device(config.device)
-    codes, labels = codes.to(dev), (labels.to(dev) if use_labels else None)  # type: ignore[union-attr]
-    per_epoch = len(codes) // config.batch_size
-    if per_epoch == 0:
-        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(codes)} code grids")
+    grids = TensorDataset(codes.to(dev), labels.to(dev)) if use_labels else TensorDataset(codes.to(dev))  # type: ignore[union-attr]
+    loader = make_loader(grids, config.batch_size, seed=config.seed)  # a fresh seeded shuffle per epoch
 
-    def batches(start_step: int) -> Iterator[Tensor]:
-        step = start_step
-        while True:
-            epoch, offset = divmod(step, per_epoch)
-            order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(config.seed + epoch))
-            for b in range(offset, per_epoch):
-                yield order[b * config.batch_size : (b + 1) * config.batch_size]
-                step += 1
-
-    def loss_fn(idx: Tensor, device: torch.device) -> dict[str, Tensor]:
-        return {"nll": prior.nll(codes[idx], labels[idx] if use_labels else None)}  # type: ignore[index]
+    def loss_fn(batch: tuple[Tensor, ...], device: torch.device) -> dict[str, Tensor]:
+        return {"nll": prior.nll(batch[0], batch[1] if use_labels else None)}
 
     def evaluate_fn() -> dict[str, float]:
         test_codes, test_labels = eval_codes  # type: ignore[misc]
         return evaluate_prior(prior, test_codes, test_labels if use_labels else None)
 
     return fit(
-        prior, loss_fn, batches, config, loss_key="nll", evaluate_fn=None if eval_codes is None else evaluate_fn,
+        prior, loss_fn, loader.batches_from, config, loss_key="nll", evaluate_fn=None if eval_codes is None else evaluate_fn,
         describe_eval=_describe_eval, checkpoint_path=checkpoint_path, resume=resume, extra=extra, progress=progress,
         desc="training prior", callback=callback,
     )  # fmt: skip

@@ -282,11 +282,7 @@ def _batches_forever(loader: Iterable, start_step: int) -> Iterator[Any]:
     """Batches from ``start_step`` on, epoch after epoch: a loader is iterated, never re-created per
     step (``next(iter(loader))`` every step would restart its shuffle each time)."""
     if isinstance(loader, BatchLoader):
-        epoch, offset = divmod(start_step, len(loader))
-        while True:
-            loader.set_epoch(epoch, offset)
-            yield from loader
-            epoch, offset = epoch + 1, 0
+        yield from loader.batches_from(start_step)
     while True:
         empty = True
         for batch in loader:
