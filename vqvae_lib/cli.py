@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-subset", type=int, default=None, help="evaluate on this many test images")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (ignored elsewhere)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for title, field_list in (("TrainConfig", _config_fields()[0]), ("VQVAEConfig", _config_fields()[1])):
+    for title, field_list in zip(("TrainConfig", "VQVAEConfig"), _config_fields()):
         group = parser.add_argument_group(f"{title} fields (default: the preset's value)")
         for field in field_list:
             # SUPPRESS: an option not given is absent, so that "none" can set a field to None
