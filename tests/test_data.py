@@ -351,3 +351,19 @@ def test_batch_larger_than_dataset_is_refused():
     with pytest.raises(ValueError, match="batch_size"):
         make_loader(_numbered(5), batch_size=8)
     assert sum(len(y) for _, y in make_loader(_numbered(5), batch_size=8, shuffle=False)) == 5
+
+
+def test_a_plain_loop_over_the_loader_reshuffles_every_epoch():
+    # the by-hand training loop of notebook 4 iterates the loader epoch after epoch without set_epoch:
+    # each pass must be a new order (as a DataLoader's is), and a resumable run must still match
+    from vqvae_lib import TensorImageDataset, make_loader
+
+    data = TensorImageDataset(torch.arange(64, dtype=torch.uint8).view(64, 1, 1, 1).expand(64, 1, 4, 4).contiguous(), torch.arange(64))
+    loader = make_loader(data, 8, seed=3)
+    first, second = ([int(y[0]) for _, y in loader] for _ in range(2))
+    assert first != second, "two passes of a plain for loop drew the same order"
+    again = make_loader(data, 8, seed=3)
+    stream = again.batches_from(0)
+    assert [int(next(stream)[1][0]) for _ in range(16)] == first + second, "batches_from must match a plain loop"
+    # the classic bug keeps drawing the first batch of epoch 0: the behaviour notebook 4's exercise shows
+    assert len({tuple(next(iter(loader))[1].tolist()) for _ in range(5)}) == 1

@@ -8,7 +8,18 @@ import torch
 import torch.nn.functional as F
 
 from vqvae_lib import VectorQuantizerEMA, nearest_code
-from vqvae_lib.exercises import check_ema_update, check_nearest_code, check_quantizer_loss, check_straight_through
+from torch import nn
+
+from vqvae_lib.exercises import (
+    check_causal_mask,
+    check_ema_update,
+    check_nearest_code,
+    check_quantizer_loss,
+    check_residual_block,
+    check_slerp,
+    check_straight_through,
+)
+from vqvae_lib.model import ResidualBlock
 
 # -- reference solutions --------------------------------------------------------------------------
 
@@ -132,4 +143,113 @@ def test_ema_update():
     }
     for message, wrong in cases.items():
         result = check_ema_update(wrong)
+        assert not result and message in result.message, (message, result.message)
+
+
+# -- residual block (notebook 4) -------------------------------------------------------------------
+
+
+class ResidualBlockReference(nn.Module):
+    def __init__(self, channels, hidden, inplace=False, bias=False, skip="x", padding=1):
+        super().__init__()
+        self.skip = skip
+        self.branch = nn.Sequential(
+            nn.ReLU(inplace=inplace), nn.Conv2d(channels, hidden, 3, padding=padding, bias=bias),
+            nn.ReLU(), nn.Conv2d(hidden, channels, 1, bias=bias),
+        )
+
+    def forward(self, x):
+        if self.skip == "none":
+            return self.branch(x)
+        if self.skip == "relu-after":
+            return torch.relu(x + self.branch(x))
+        return x + self.branch(x)
+
+
+@pytest.mark.parametrize("solution", [ResidualBlockReference, ResidualBlock, lambda c, h: ResidualBlockReference(c, h, bias=True)],
+                         ids=["inline", "library", "with-biases"])
+def test_correct_residual_blocks_pass(solution):
+    assert check_residual_block(solution)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        (lambda c, h: ResidualBlockReference(c, h, inplace=True), "in-place ReLU"),
+        (lambda c, h: ResidualBlockReference(c, h, skip="none"), "skip connection (x + ...) is missing"),
+        (lambda c, h: ResidualBlockReference(c, h, skip="relu-after"), "returns relu(x)"),
+        (lambda c, h: ResidualBlockReference(c, h, padding=0), "RuntimeError"),
+        (lambda c, h: ResidualBlockReference(c, c), "parameters have sizes"),  # hidden width ignored
+    ],
+    ids=["inplace-relu", "no-skip", "relu-after-sum", "no-padding", "wrong-width"],
+)
+def test_wrong_residual_blocks_are_explained(wrong, message):
+    result = check_residual_block(wrong)
+    assert not result and message in result.message
+
+
+# -- slerp (notebook 7) ---------------------------------------------------------------------------
+
+
+def slerp_reference(a, b, t):
+    cos = (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1, keepdim=True).clamp(-1, 1)
+    omega = torch.arccos(cos)
+    sin = torch.sin(omega)
+    parallel = sin.abs() < 1e-6
+    arc = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.where(parallel, torch.ones_like(sin), sin)
+    return torch.where(parallel, (1 - t) * a + t * b, arc)
+
+
+def test_slerp():
+    assert check_slerp(slerp_reference)
+    assert check_slerp(lambda a, b, t: slerp_reference(a.double(), b.double(), t).float())
+
+    def unguarded(a, b, t):
+        omega = torch.arccos((F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1, keepdim=True).clamp(-1, 1))
+        return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+    def one_angle_for_all_rows(a, b, t):
+        omega = torch.arccos((F.normalize(a.flatten(), dim=0) * F.normalize(b.flatten(), dim=0)).sum().clamp(-1, 1))
+        return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+    cases = {
+        "straight line": lambda a, b, t: (1 - t) * a + t * b,
+        "NaN or inf where a and b are parallel": unguarded,
+        "angle of each row pair": one_angle_for_all_rows,
+        "one interpolated row per row": lambda a, b, t: slerp_reference(a, b, t).sum(0),
+        "raised ValueError": lambda a, b, t: float("x"),
+    }
+    for message, wrong in cases.items():
+        result = check_slerp(wrong)
+        assert not result and message in result.message, (message, result.message)
+
+
+# -- causal masks (notebook 8) --------------------------------------------------------------------
+
+
+def causal_mask_reference(k, include_center):
+    mask = torch.ones(k, k)
+    mask[k // 2, k // 2 + int(include_center) :] = 0
+    mask[k // 2 + 1 :] = 0
+    return mask
+
+
+def test_causal_mask():
+    assert check_causal_mask(causal_mask_reference)
+    assert check_causal_mask(lambda k, c: causal_mask_reference(k, c).bool())
+
+    def centre_row_only(k, c):
+        mask = torch.zeros(k, k)
+        mask[k // 2, : k // 2 + int(c)] = 1
+        return mask
+
+    cases = {
+        "centre is wrong in mask A": lambda k, c: causal_mask_reference(k, not c),  # A and B swapped
+        "below the centre row": lambda k, c: causal_mask_reference(k, c).T,
+        "right of the centre": lambda k, c: torch.cat([torch.ones(k // 2, k), torch.tensor([[1.0] * (k // 2) + [float(c)] + [1.0] * (k // 2)]), torch.zeros(k // 2, k)]),
+        "should be": centre_row_only,  # forgets the rows above
+        "not a (3, 3) tensor": lambda k, c: causal_mask_reference(k, c)[:-1],
+    }
+    for message, wrong in cases.items():
+        result = check_causal_mask(wrong)
         assert not result and message in result.message, (message, result.message)

@@ -91,3 +91,19 @@ def test_eval_mode_restores_the_mode_even_after_an_error():
     with eval_mode(model.eval()):
         pass
     assert not model.training  # a model in eval mode stays there
+
+
+def test_encode_indices_looks_codes_up_without_changing_them():
+    """Asking for one image's codes before training (a shape check) must not seed the codebook from
+    that image: notebooks 4 and 5 once did, and the k-means init then saw 49 vectors for 128 codes."""
+    torch.manual_seed(0)
+    model = VQVAE(in_channels=1, hidden_channels=16, residual_hidden_channels=8, embedding_dim=4, num_embeddings=32,
+                  ema=True, data_init="kmeans", dead_code_threshold=2)
+    before = {k: v.clone() for k, v in model.quantizer.state_dict().items()}
+    for _ in range(3):  # three calls: a dead-code restart (threshold 2) would also show
+        model.encode_indices(torch.rand(1, 1, 28, 28))
+    assert model.training, "encode_indices must leave the model in the mode it found it in"
+    after = model.quantizer.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert not changed, f"encode_indices changed the quantizer's {changed}"
+    assert not bool(model.quantizer.initialised)

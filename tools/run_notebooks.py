@@ -29,8 +29,54 @@ def notebook_paths(selection: list[str] | None = None) -> list[Path]:
     return paths
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def _progress_text(model_id: str, state: dict) -> str | None:
+    """The final text of a tqdm.auto bar drawn as a widget, None for a transient bar (``leave=False``)
+    that was hidden when done, "" for any other widget. Without this, GitHub and any kernel-free viewer show the text the bar
+    had when it was first drawn: "0%"."""
+    import html
+
+    def model(ref: str) -> dict:
+        return state.get(ref.removeprefix("IPY_MODEL_"), {}).get("state", {})
+
+    children = [model(ref) for ref in model(model_id).get("children", [])]
+    if len(children) != 3 or "max" not in children[1]:
+        return ""  # not a progress bar (notebook 7's explorer): its output stays as it is
+    left, bar, right = children
+    if bar.get("bar_style") not in ("success", "danger"):  # tqdm hides a leave=False bar when it closes
+        return None
+    width = 10
+    filled = int(width * bar.get("value", 0) / bar["max"]) if bar["max"] else width
+    text = f"{left.get('value', '')}|{'█' * filled}{' ' * (width - filled)}|{right.get('value', '')}"
+    return html.unescape(text).replace("\u2007", " ")
+
+
+def _finish_progress_bars(nb) -> None:
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for output in cell.get("outputs", []):
+            view = output.get("data", {}).get(WIDGET_VIEW)
+            if view is None:
+                kept.append(output)
+                continue
+            text = _progress_text(view["model_id"], state)
+            if text is None:
+                continue  # a finished transient bar: a live notebook shows nothing there either
+            if text:
+                output["data"] = {"text/plain": text}
+            kept.append(output)
+        cell.outputs = kept
+
+
 def clean_notebook(nb):
-    """Drop execution counts and stored widget state, keep outputs (nbstripout --keep-output style)."""
+    """Drop execution counts and stored widget state, keep outputs (nbstripout --keep-output style).
+    Progress bars keep their final text ("100%| ... 2800/2800 [01:10<00:00, ...]")."""
+    _finish_progress_bars(nb)
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         if cell.cell_type != "code":

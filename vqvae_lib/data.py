@@ -283,7 +283,7 @@ class BatchLoader:
 
     The order of epoch ``e`` is ``randperm(n)`` from a generator seeded with ``seed + e`` (like
     ``DistributedSampler.set_epoch``), so a run resumed at any step sees the same batches as an
-    uninterrupted one (:meth:`batches_from`). In-memory datasets are sliced directly (a
+    uninterrupted one (:meth:`batches_from`); each complete pass advances ``epoch`` by one. In-memory datasets are sliced directly (a
     :class:`TensorImageDataset` with one uint8->float conversion per batch, a ``TensorDataset`` such as
     the prior's code grids as it is); other datasets go through a ``DataLoader`` with ``num_workers``
     processes.
@@ -344,6 +344,13 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         batches = self._batches()[self.start_batch :]
         self.start_batch = 0
+        yield from self._load(batches)
+        # a finished pass moves to the next epoch, so a plain `for` loop run epoch after epoch sees a new
+        # order each time, as with a DataLoader; an iterator abandoned after one batch (the classic
+        # `next(iter(loader))` every step) does not, and keeps drawing epoch 0's first batch
+        self.epoch += 1
+
+    def _load(self, batches: list[Tensor]) -> Iterator[tuple[Tensor, ...]]:
         if isinstance(self.dataset, TensorImageDataset):
             images, labels = self.dataset.images, self.dataset.labels
             for idx in batches:

@@ -14,9 +14,18 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["CheckResult", "check_nearest_code", "check_straight_through", "check_quantizer_loss", "check_ema_update"]
+__all__ = [
+    "CheckResult",
+    "check_nearest_code",
+    "check_straight_through",
+    "check_quantizer_loss",
+    "check_ema_update",
+    "check_residual_block",
+    "check_slerp",
+    "check_causal_mask",
+]
 
 
 @dataclass
@@ -236,3 +245,118 @@ def check_ema_update(fn: Callable[..., tuple[Tensor, Tensor, Tensor]]) -> CheckR
             return _report(False, "codes 6 and 7, which no row chose this step, are wrong: e_k = m_k / N~_k holds for every code")
         return _report(False, "the codebook is wrong: e_k = m_k / N~_k with the smoothed counts")
     return _report(True, "cluster sizes, sums and codes of one EMA step, the long-unused code included")
+
+
+def check_residual_block(block_class: Callable[[int, int], nn.Module]) -> CheckResult:
+    """``block_class(channels, hidden_channels)`` -> a module computing ``x + conv1x1(relu(conv3x3(relu(x))))``
+    on ``(B, channels, H, W)`` (section 4.1 of the paper): the same shape out, the input ``x`` itself on
+    the skip path, and a residual branch of a 3x3 and a 1x1 convolution (with or without biases)."""
+    c, hidden = 6, 4
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, c, 5, 7, generator=g)
+    try:
+        block = block_class(c, hidden)
+        out = block(x_in := x.clone())
+    except Exception as err:
+        return _report(False, f"it raised {type(err).__name__}: {err} (block_class({c}, {hidden}) on x {tuple(x.shape)})")
+    if not isinstance(out, Tensor) or out.shape != x.shape:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        return _report(False, f"on x {tuple(x.shape)} it returned {got}; a residual block keeps the shape (padding=1 on the 3x3)")
+    if not torch.equal(x_in, x):
+        return _report(False, "the block changed its input: an in-place ReLU (inplace=True or relu_) overwrote x, "
+                       "so the skip path adds relu(x) instead of x")
+    sizes = sorted(p.numel() for p in block.parameters())
+    want = sorted([hidden * c * 9, c * hidden])
+    if sizes not in (want, sorted(want + [hidden, c])):
+        return _report(False, f"its parameters have sizes {sizes}; a 3x3 conv {c}->{hidden} and a 1x1 conv {hidden}->{c} "
+                       f"have {want} (plus biases {hidden} and {c} if you keep them)")
+    with torch.no_grad():
+        for p in block.parameters():
+            p.zero_()  # the residual branch is now exactly 0: what is left is the skip path alone
+        skip = block(x.clone())
+    if torch.equal(skip, x):
+        return _report(True, "x + branch(x), the input untouched, with the 3x3 and 1x1 convolutions of the paper")
+    if torch.equal(skip, torch.relu(x)):
+        return _report(False, "with the branch at zero it returns relu(x), not x: the ReLU is applied to the sum or to the skip path")
+    if not skip.abs().any():
+        return _report(False, "with the branch at zero it returns 0: the skip connection (x + ...) is missing")
+    return _report(False, "with the branch at zero it does not return x: the skip path must carry x unchanged")
+
+
+def _slerp_reference(a: Tensor, b: Tensor, t: float) -> Tensor:
+    a, b = a.double(), b.double()
+    cos = (torch.nn.functional.normalize(a, dim=-1) * torch.nn.functional.normalize(b, dim=-1)).sum(-1, keepdim=True)
+    omega = torch.arccos(cos.clamp(-1, 1))
+    sin = torch.sin(omega)
+    near = sin.abs() < 1e-6
+    safe = torch.where(near, torch.ones_like(sin), sin)
+    slerp = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / safe
+    return torch.where(near, (1 - t) * a + t * b, slerp)
+
+
+def check_slerp(fn: Callable[[Tensor, Tensor, float], Tensor]) -> CheckResult:
+    """``fn(a, b, t)``: rows ``a``, ``b`` ``(N, D)`` and ``t`` in [0, 1] -> ``(N, D)`` spherical interpolation,
+    row by row: with ``omega`` the angle between ``a`` and ``b``,
+
+        slerp(a, b, t) = sin((1 - t) omega) / sin(omega) * a + sin(t omega) / sin(omega) * b
+
+    and the straight line ``(1 - t) a + t b`` where ``a`` and ``b`` are (nearly) parallel, ``sin(omega)``
+    about 0. Between two unit vectors it stays on the unit sphere, where a straight line cuts inside it."""
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(9, 4, generator=g), torch.randn(9, 4, generator=g) * 2
+    a[7], b[7] = torch.tensor([1.0, 0, 0, 0]), torch.tensor([3.0, 0, 0, 0])  # parallel: cos exactly 1, sin(omega) = 0
+    for t in (0.0, 0.3, 0.5, 1.0):
+        try:
+            out = fn(a.clone(), b.clone(), t)
+        except Exception as err:
+            return _report(False, f"it raised {type(err).__name__}: {err} (t = {t})")
+        if not isinstance(out, Tensor) or out.shape != a.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            return _report(False, f"for a, b of shape {tuple(a.shape)} it returned {got}: one interpolated row per row")
+        out = out.double()
+        if not torch.isfinite(out).all():
+            return _report(False, "it returned NaN or inf where a and b are parallel (sin(omega) = 0): use the straight line there")
+        want = _slerp_reference(a, b, t)
+        # float32 inputs through arccos and sin: ~1e-6 relative; 1e-4 is 100x that, while a straight line
+        # or a per-matrix angle misses by more than 1e-2 on these rows
+        if not torch.allclose(out, want, rtol=1e-4, atol=1e-4):
+            if torch.allclose(out, (1 - t) * a.double() + t * b.double(), atol=1e-4):
+                return _report(False, f"at t = {t} it is the straight line (1 - t) a + t b; slerp follows the arc")
+            if t in (0.0, 1.0):
+                return _report(False, f"at t = {t} it should return {'a' if t == 0 else 'b'} exactly")
+            wrong = int((out - want).abs().amax(-1).argmax())
+            return _report(False, f"at t = {t}, row {wrong} is off; omega is the angle of each row pair, torch.arccos of the "
+                           "cosine of the normalised rows (clamped to [-1, 1])")
+    return _report(True, "the arc between each pair of rows, the ends exact and parallel rows handled")
+
+
+def check_causal_mask(fn: Callable[[int, bool], Tensor]) -> CheckResult:
+    """``fn(k, include_center)`` -> the ``(k, k)`` 0/1 mask of a PixelCNN's masked convolution: 1 on every
+    row above the centre, and on the centre row left of the centre; the centre itself is 1 only with
+    ``include_center`` (mask B, later layers) and 0 without (mask A, the first layer). Nothing below the
+    centre row, nothing right of the centre: the output at a position sees only positions before it."""
+    for k in (3, 5, 7):
+        c = k // 2
+        for include_center in (False, True):
+            want = torch.zeros(k, k)
+            want[:c] = 1
+            want[c, : c + int(include_center)] = 1
+            try:
+                mask = fn(k, include_center)
+            except Exception as err:
+                return _report(False, f"it raised {type(err).__name__}: {err} (k = {k}, include_center = {include_center})")
+            if not isinstance(mask, Tensor) or mask.shape != (k, k):
+                got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+                return _report(False, f"for k = {k} it returned {got}, not a ({k}, {k}) tensor")
+            mask = mask.double()
+            if torch.equal(mask, want.double()):
+                continue
+            name = "mask B (include_center=True)" if include_center else "mask A (include_center=False)"
+            if mask[c + 1 :].any():
+                return _report(False, f"for k = {k} it keeps weights below the centre row: those positions come later in raster order")
+            if mask[c, c + 1 :].any():
+                return _report(False, f"for k = {k} it keeps weights right of the centre on its row: those come later")
+            if mask[c, c] != want[c, c]:
+                return _report(False, f"the centre is wrong in {name}: the first layer must not see the code it predicts, later layers may")
+            return _report(False, f"for k = {k}, {name} is\n{mask.int()}\nbut should be\n{want.int()}")
+    return _report(True, "masks A and B for k = 3, 5 and 7")

@@ -220,9 +220,17 @@ class VQVAE(nn.Module):
         """``z_q`` ``(B, D, h, w)`` -> ``x_hat`` ``(B, C, H, W)``."""
         return self.decoder(z_q)
 
+    @torch.no_grad()
     def encode_indices(self, x: Tensor) -> Tensor:
-        """``x`` -> code indices ``(B, h, w)``."""
-        return self.quantize(self.encode(x)).indices
+        """``x`` ``(B, C, H, W)`` -> code indices ``(B, h, w)``, in eval mode.
+
+        Eval mode because looking up codes must not change them: in training mode the quantizer's
+        forward initialises an untrained codebook from the batch it sees (``data_init``), moves EMA
+        codes and counts usage, so a shape check on one image before training would seed all K codes
+        from that image's h*w vectors.
+        """
+        with eval_mode(self):
+            return self.quantize(self.encode(x)).indices
 
     def decode_indices(self, indices: Tensor) -> Tensor:
         """Code indices ``(B, h, w)`` -> images ``(B, C, H, W)``."""

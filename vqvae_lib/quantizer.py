@@ -17,6 +17,7 @@ what makes it impossible to put it on the wrong term.
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -176,6 +177,13 @@ class _QuantizerBase(nn.Module):
         """Set every code from encoder outputs ``z_e`` (``(B, D, H, W)`` or ``(N, D)``)."""
         flat = self._flatten(z_e).detach().float() if z_e.dim() == 4 else z_e.detach().float()
         flat = all_gather_rows(flat)  # distributed: initialise from the whole global batch
+        if flat.shape[0] < self.num_embeddings:
+            warnings.warn(
+                f"initialising {self.num_embeddings} codes from only {flat.shape[0]} encoder vectors: codes will "
+                "repeat. Use a larger first training batch, or call encode_indices/reconstruct (eval mode) for "
+                "lookups before training",
+                stacklevel=2,
+            )
         if method == "kmeans":
             vectors = kmeans(flat, self.num_embeddings, self.kmeans_iterations)
         elif method == "random":
