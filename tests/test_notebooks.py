@@ -82,6 +82,25 @@ def test_notebook_runs_in_fast_mode(path: Path, run_dir: Path):
         assert {g.stem for g in gifs} >= {"mnist_interpolation"}, gifs
 
 
+PRETRAINED = [p for p in NOTEBOOKS if p.name[:2] in {"04", "05", "06", "08"}]
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("path", PRETRAINED, ids=[p.stem for p in PRETRAINED])
+def test_notebook_runs_with_the_committed_models(path: Path, run_dir: Path):
+    # a reader who does not want to train: USE_PRETRAINED = True loads data/pretrained/ onto the notebook's
+    # device and everything after it runs; nothing is trained on the way (no training progress line)
+    nb = execute_notebook(path, fast=True, output=run_dir / "pretrained" / path.name, timeout=900, pretrained=True)
+    text = _text(nb)
+    assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
+    assert "USE_PRETRAINED = True" in "".join(c.source for c in nb.cells)
+    trained = [line for line in text.splitlines() if re.match(r"trained \d+ steps|prior: [\d,]+ parameters", line)]
+    assert not trained, trained
+    if path.name.startswith("08"):
+        priors = [(float(nll), float(log_k)) for nll, log_k in PRIOR_LINE.findall(text)]
+        assert len(priors) == 2 and all(nll < log_k for nll, log_k in priors), priors
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_committed_notebook_is_executed_in_full_mode_and_clean(path: Path):
     raw = json.loads(path.read_text())
@@ -100,3 +119,31 @@ def test_committed_notebook_is_executed_in_full_mode_and_clean(path: Path):
         assert marker not in text, f"an output names a folder of the machine that ran it: {marker}"
     named = sorted({text[max(0, m.start() - 40) : m.end() + 40] for m in MACHINE_PATH.finditer(text)})
     assert not named, f"outputs name folders of the machine that ran them: {named}"
+
+
+def test_progress_bars_are_committed_in_their_final_state():
+    # tqdm.auto draws a widget whose text/plain is its first state ("0%"); the runner must write the final
+    # text of a finished bar and drop a transient (leave=False) one, which a live notebook hides
+    from run_notebooks import clean_notebook
+
+    def bar(prefix, value, style, left, right):
+        ids = [f"{prefix}{n}" for n in ("box", "left", "bar", "right")]
+        state = {
+            ids[0]: {"state": {"children": [f"IPY_MODEL_{i}" for i in ids[1:]]}},
+            ids[1]: {"state": {"value": left}},
+            ids[2]: {"state": {"value": value, "max": 50.0, "bar_style": style}},
+            ids[3]: {"state": {"value": right}},
+        }
+        output = nbformat.v4.new_output("display_data", data={
+            "text/plain": "0%", "application/vnd.jupyter.widget-view+json": {"model_id": ids[0], "version_major": 2, "version_minor": 0}})
+        return state, output
+
+    done_state, done = bar("a", 50.0, "success", "training:\u2007100%", "\u200750/50\u2007[00:01&lt;00:00,\u200740.0it/s]")
+    gone_state, gone = bar("b", 50.0, "", "decoding:\u2007\u2007\u20070%", "\u20070/50")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("", outputs=[done, gone, nbformat.v4.new_output("stream", text="x\n")])]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {**done_state, **gone_state}}}
+    outputs = clean_notebook(nb).cells[0].outputs
+    assert [o.get("data", {}).get("text/plain", o.get("text")) for o in outputs] == [
+        "training: 100%|██████████| 50/50 [00:01<00:00, 40.0it/s]", "x\n"]
+    assert "widgets" not in nb.metadata

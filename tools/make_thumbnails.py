@@ -1,4 +1,5 @@
-"""Save each notebook's key figure as a thumbnail for the README (run after executing the notebooks).
+"""Save each notebook's key figure as a thumbnail for the README (run after executing the notebooks),
+and copy the MNIST interpolation GIF that notebook 7's full-mode run wrote into model_visualisation/.
 
     python tools/make_thumbnails.py
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -19,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 HERE = REPO / "model_visualisation"  # where the thumbnails go
 NOTEBOOKS = REPO / "notebooks"
 # which PNG output (in order of appearance) is each notebook's key figure
-KEY_FIGURE = {"01": 0, "02": 0, "03": 0, "04": 2, "05": 2, "06": 3, "07": 0, "08": 3}
+KEY_FIGURE = {"01": 0, "02": 0, "03": 0, "04": 3, "05": 2, "06": 3, "07": 0, "08": 3}
 
 
 def main(width: int = 480) -> None:
@@ -35,6 +37,14 @@ def main(width: int = 480) -> None:
         out = HERE / f"{path.stem}.png"
         image.save(out, optimize=True)
         print(f"{out.relative_to(HERE.parent)} {image.size}")
+    from vqvae_lib.paths import checkpoint_dir
+
+    gif = checkpoint_dir().parent / "interpolations" / "mnist_interpolation.gif"  # notebook 7 writes it
+    if gif.exists():
+        shutil.copy(gif, HERE / gif.name)
+        print(f"{(HERE / gif.name).relative_to(HERE.parent)} (from notebook 7's run)")
+    else:
+        print(f"{gif} is missing: run notebook 7 first")
 
 
 if __name__ == "__main__":

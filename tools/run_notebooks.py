@@ -89,12 +89,26 @@ def clean_notebook(nb):
     return nb
 
 
-def execute_notebook(path: Path, fast: bool, output: Path | None = None, timeout: int = 3600):
-    """Run a notebook top to bottom in its own folder; raises on the first failing cell."""
+PRETRAINED_SWITCH = "USE_PRETRAINED = False"
+
+
+def use_pretrained(nb) -> None:
+    """Flip the notebook's ``USE_PRETRAINED = False`` to True, as a reader who does not want to train would."""
+    cells = [c for c in nb.cells if c.cell_type == "code" and PRETRAINED_SWITCH in c.source]
+    if len(cells) != 1:
+        raise ValueError(f"expected one cell with {PRETRAINED_SWITCH!r}, found {len(cells)}")
+    cells[0].source = cells[0].source.replace(PRETRAINED_SWITCH, "USE_PRETRAINED = True", 1)
+
+
+def execute_notebook(path: Path, fast: bool, output: Path | None = None, timeout: int = 3600, pretrained: bool = False):
+    """Run a notebook top to bottom in its own folder; raises on the first failing cell. ``pretrained``
+    runs it with ``USE_PRETRAINED = True``."""
     import nbformat
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
+    if pretrained:
+        use_pretrained(nb)
     previous = os.environ.get(FAST_ENV)
     os.environ[FAST_ENV] = "1" if fast else "0"  # the kernel inherits this process's environment
     try:

@@ -23,9 +23,10 @@ def image_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float
     return grid.permute(1, 2, 0).numpy()
 
 
-def show_images(images: Tensor, nrow: int = 8, title: str | None = None, ax=None, scale: float = 1.0):
-    """Show a grid of images; returns the axes."""
-    grid = image_grid(images, nrow)
+def show_images(images: Tensor, nrow: int = 8, title: str | None = None, ax=None, scale: float = 1.0, pad_value: float = 1.0):
+    """Show a grid of images; returns the axes. ``pad_value`` is the grey of the frame between them (1.0
+    white; a darker frame shows where white images end)."""
+    grid = image_grid(images, nrow, pad_value=pad_value)
     if ax is None:
         h, w = grid.shape[:2]
         _, ax = plt.subplots(figsize=(scale * w / 40, scale * h / 40))
@@ -128,21 +129,32 @@ def plot_history(
     return fig
 
 
-def show_code_grids(images: Tensor, indices: Tensor, max_labelled: int = 8):
-    """Each image beside its ``(h, w)`` grid of code indices, coloured by index; grids up to
-    ``max_labelled`` rows also print each index. ``images`` ``(N, C, H, W)``, ``indices`` ``(N, h, w)``."""
+def show_code_grids(images: Tensor, indices: Tensor, usage: Tensor | None = None, max_labelled: int = 8):
+    """Each image beside its ``(h, w)`` grid of code indices, each position coloured by how common its
+    code is: its share of all positions in ``usage`` (``(K,)`` counts, e.g. ``evaluate(...)["histogram"]``),
+    else in the grids shown. Colouring by the index itself would be noise: neighbouring indices are
+    unrelated codes. Grids up to ``max_labelled`` rows also print each index.
+    ``images`` ``(N, C, H, W)``, ``indices`` ``(N, h, w)``."""
     n = len(images)
-    fig, axes = plt.subplots(1, 2 * n, figsize=(4 * n, 2.4))
+    k = int(indices.max()) + 1 if usage is None else len(usage)
+    counts = torch.bincount(indices.flatten(), minlength=k) if usage is None else torch.as_tensor(usage)
+    share = (counts.double() / counts.sum().clamp_min(1)).numpy()
+    vmax = float(share.max()) or 1.0
+    fig, axes = plt.subplots(1, 2 * n, figsize=(4.4 * n, 2.6), gridspec_kw={"width_ratios": [1, 1.25] * n}, layout="constrained")
     for i in range(n):
-        axes[2 * i].imshow(images[i].permute(1, 2, 0).squeeze(-1), cmap="gray", vmin=0, vmax=1)
+        axes[2 * i].imshow(images[i].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
         axes[2 * i].axis("off")
-        axes[2 * i + 1].imshow(indices[i], cmap="tab20", interpolation="nearest")
+        grid = indices[i].numpy()
+        shown = axes[2 * i + 1].imshow(share[grid], cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
         if indices.shape[1] <= max_labelled:
-            for (r, c), k in np.ndenumerate(indices[i].numpy()):
-                axes[2 * i + 1].text(c, r, int(k), ha="center", va="center", fontsize=6)
-        axes[2 * i + 1].set_title(f"{tuple(indices.shape[1:])} codes", fontsize=9)
+            for (r, c), code in np.ndenumerate(grid):
+                dark = share[code] < 0.6 * vmax
+                axes[2 * i + 1].text(c, r, int(code), ha="center", va="center", fontsize=9, color="white" if dark else "black")
+        axes[2 * i + 1].set_title(f"{tuple(indices.shape[1:])} code indices", fontsize=10)
         axes[2 * i + 1].axis("off")
-    fig.tight_layout()
+    bar = fig.colorbar(shown, ax=list(axes), fraction=0.02, pad=0.01)
+    bar.set_label("share of positions\nusing that code", fontsize=9)
+    bar.ax.tick_params(labelsize=9)
     return fig
 
 
@@ -164,5 +176,7 @@ def plot_codebook_usage(counts: Tensor, title: str = "codebook usage", ax=None):
 def show_frames(frames: Tensor, title: str | None = None, max_frames: int = 12):
     """A static strip of interpolation frames (evenly chosen if there are more than ``max_frames``)."""
     idx = np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int)
-    ax = show_images(frames[idx], nrow=len(idx), title=title, scale=2.0)
+    width = image_grid(frames[idx], len(idx)).shape[1]
+    # twice the pixels' size, but never wider than 14 inches (1,120 pixels at the notebooks' 80 dpi)
+    ax = show_images(frames[idx], nrow=len(idx), title=title, scale=min(2.0, 14 * 40 / width))
     return ax.figure

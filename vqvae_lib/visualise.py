@@ -105,12 +105,15 @@ def draw_architecture(model: VQVAE, image_shape: tuple[int, int, int], title: st
     k, d = model.quantizer.num_embeddings, model.quantizer.embedding_dim
     beta = model.beta
 
-    fig, ax = plt.subplots(figsize=(15, 6.2))
+    # 15 x 6.8 units on 12 x 5.2 inches, the axes filling the figure: shown at the notebooks' 80 dpi (or
+    # shrunk to a page's width) the labels stay readable, none below 9 pt
+    fig, ax = plt.subplots(figsize=(12, 5.2))
+    fig.subplots_adjust(left=0.005, right=0.995, bottom=0.01, top=0.93)
     ax.set_xlim(0, 15)
     ax.set_ylim(-0.6, 6.2)
     ax.axis("off")
 
-    def box(x, y, w, h, text, color, fontsize=8.5, weight="normal"):
+    def box(x, y, w, h, text, color, fontsize=9.5, weight="normal"):
         ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.04", fc=color, ec="#333333", lw=1))
         ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=fontsize, weight=weight)
 
@@ -123,7 +126,7 @@ def draw_architecture(model: VQVAE, image_shape: tuple[int, int, int], title: st
         ax.text(x + 1.1, top + 0.65, label, ha="center", fontsize=10, weight="bold")
         for i, s in enumerate(stages_):
             y = top - i * step
-            box(x, y, 2.2, 0.46, f"{s.name}\n{_shape(s.shape)}", color, fontsize=7.5)
+            box(x, y, 2.2, 0.46, f"{s.name}\n{_shape(s.shape)}", color, fontsize=9)
             if i:
                 arrow(x + 1.1, y + step, x + 1.1, y + 0.48)
         return top - (len(stages_) - 1) * step
@@ -135,14 +138,14 @@ def draw_architecture(model: VQVAE, image_shape: tuple[int, int, int], title: st
     # z_e, quantizer and codebook
     box(4.6, 2.6, 1.5, 0.8, f"z_e\n{_shape(z_e.shape)}", "#cfe2f3", weight="bold")
     arrow(2.9, enc_bottom, 4.6, 3.0, rad=0.15)
-    box(6.7, 2.45, 2.1, 1.1, "nearest code\nk = argmin_j ||z_e - e_j||²\nper position", "#fde9c9", fontsize=8)
+    box(6.7, 2.45, 2.1, 1.1, "nearest code\nk = argmin_j ||z_e - e_j||²\nper position", "#fde9c9", fontsize=9)
     arrow(6.1, 3.0, 6.7, 3.0)
     # the codebook as a K x D grid
     cb_x, cb_y, cb_w, cb_h = 6.95, 4.3, 1.6, 1.3
     ax.add_patch(Rectangle((cb_x, cb_y), cb_w, cb_h, fc="#fde9c9", ec="#333333"))
     for r in np.linspace(cb_y, cb_y + cb_h, 9)[1:-1]:
         ax.plot([cb_x, cb_x + cb_w], [r, r], color="#c9a26b", lw=0.6)
-    ax.text(cb_x + cb_w / 2, cb_y + cb_h + 0.15, f"codebook: K = {k} codes x D = {d}", ha="center", fontsize=8.5, weight="bold")
+    ax.text(cb_x + cb_w / 2, cb_y + cb_h + 0.15, f"codebook: K = {k} codes x D = {d}", ha="center", fontsize=9.5, weight="bold")
     ax.text(cb_x - 0.1, cb_y + cb_h / 2, "K", ha="right", va="center", fontsize=9)
     ax.text(cb_x + cb_w / 2, cb_y - 0.14, "D", ha="center", va="top", fontsize=9)
     arrow(cb_x + cb_w / 2, cb_y - 0.3, cb_x + cb_w / 2, 3.58)
@@ -156,14 +159,14 @@ def draw_architecture(model: VQVAE, image_shape: tuple[int, int, int], title: st
     # straight-through gradient: from z_q back to z_e, around the argmin
     arrow(9.9, 2.55, 5.35, 2.55, color="#c0392b", ls="--", lw=1.6, rad=-0.35)
     ax.text(7.6, 1.2, "straight-through gradient: ∂L/∂z_e := ∂L/∂z_q\n(argmin has no gradient; z_q = z_e + sg[e_k - z_e])",
-            ha="center", fontsize=8, color="#c0392b")  # fmt: skip
+            ha="center", fontsize=9, color="#c0392b")  # fmt: skip
     # the three loss terms
     ax.text(
         0.1, 0.15,
         f"loss = ||x - x̂||²  (reconstruction: encoder + decoder)\n"
         f"      + ||sg[z_e] - e_k||²  (codebook: moves e_k{'; replaced by EMA updates' if model.config['ema'] else ''})\n"
         f"      + β ||z_e - sg[e_k]||²  (commitment, β = {beta}: moves the encoder)",
-        fontsize=8.5, family="monospace", va="bottom",
+        fontsize=9, family="monospace", va="bottom",
     )  # fmt: skip
     params = sum(p.numel() for p in model.parameters())
     ax.set_title(title or f"VQ-VAE for {_shape(stages[0].shape)} images: {params:,} parameters", fontsize=12)

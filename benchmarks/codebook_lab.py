@@ -1,0 +1,67 @@
+"""How live the codebook lab of notebook 3 is: time per training step, per redraw, and per update (the
+steps between two redraws plus the redraw), which is what a reader pressing Train waits for each frame.
+
+    python benchmarks/codebook_lab.py [--every 10] [--dpi 72]
+
+Prints the machine (CPU, threads, float32 matrix-multiply GFLOP/s of 2048 x 2048) beside the times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from vqvae_lib.codebook_lab import CodebookLab, LabSettings, run_lab
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--every", type=int, default=10, help="steps between redraws (the lab's default)")
+    parser.add_argument("--dpi", type=int, default=72)
+    args = parser.parse_args()
+    cpu = platform.processor() or platform.machine()
+    print(f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"float32 matmul {matmul_gflops():.0f} GFLOP/s\n")
+    print("| settings | ms per step | ms per redraw | ms per update (median, max) |")
+    print("| --- | --- | --- | --- |")
+    for settings in (LabSettings(), LabSettings(ema_decay=0.9, init="kmeans", restart_after=20, num_codes=64)):
+        run_lab(settings)  # warm-up
+        start = time.perf_counter()
+        snapshots = run_lab(settings, every=settings.steps)
+        step_ms = 1000 * (time.perf_counter() - start) / settings.steps
+        lab = CodebookLab(settings, every=args.every, dpi=args.dpi)
+        redraws = []
+        for snap in snapshots * 5:
+            t = time.perf_counter()
+            lab.render(snap)
+            redraws.append(1000 * (time.perf_counter() - t))
+        updates = []
+        clock = [time.perf_counter()]
+
+        def tick(_snap, lab=lab) -> None:
+            lab.render(_snap)
+            now = time.perf_counter()
+            updates.append(1000 * (now - clock[0]))
+            clock[0] = now
+
+        run_lab(settings, every=args.every, on_snapshot=tick)
+        updates = updates[1:]  # the first one is the model's construction
+        name = f"K={settings.num_codes}, decay {settings.ema_decay}, {settings.init}, restarts {settings.restart_after}"
+        print(f"| {name} | {step_ms:.2f} | {statistics.median(redraws):.0f} | {statistics.median(updates):.0f}, {max(updates):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
