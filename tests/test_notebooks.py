@@ -89,11 +89,11 @@ PRETRAINED = [p for p in NOTEBOOKS if p.name[:2] in {"04", "05", "06", "08"}]
 @pytest.mark.parametrize("path", PRETRAINED, ids=[p.stem for p in PRETRAINED])
 def test_notebook_runs_with_the_committed_models(path: Path, run_dir: Path):
     # a reader who does not want to train: USE_PRETRAINED = True loads data/pretrained/ onto the notebook's
-    # device and everything after it runs; nothing is trained on the way (no training progress line)
+    # device and everything after it runs; the long runs are skipped (no "trained N steps" or prior line;
+    # notebook 4's short by-hand runs still train, they are the lesson)
     nb = execute_notebook(path, fast=True, output=run_dir / "pretrained" / path.name, timeout=900, pretrained=True)
     text = _text(nb)
     assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
-    assert "USE_PRETRAINED = True" in "".join(c.source for c in nb.cells)
     trained = [line for line in text.splitlines() if re.match(r"trained \d+ steps|prior: [\d,]+ parameters", line)]
     assert not trained, trained
     if path.name.startswith("08"):

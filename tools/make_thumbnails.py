@@ -39,7 +39,8 @@ def main(width: int = 480) -> None:
         print(f"{out.relative_to(HERE.parent)} {image.size}")
     from vqvae_lib.paths import checkpoint_dir
 
-    gif = checkpoint_dir().parent / "interpolations" / "mnist_interpolation.gif"  # notebook 7 writes it
+    # the GIF notebook 7 wrote: copied only after its full-mode run, so that the README shows that run's frames
+    gif = checkpoint_dir().parent / "interpolations" / "mnist_interpolation.gif"
     if gif.exists():
         shutil.copy(gif, HERE / gif.name)
         print(f"{(HERE / gif.name).relative_to(HERE.parent)} (from notebook 7's run)")

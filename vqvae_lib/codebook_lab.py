@@ -17,14 +17,17 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .quantizer import VectorQuantizer, VectorQuantizerEMA
+from .quantizer import VectorQuantizer, VectorQuantizerEMA, nearest_code
 from .training import FitConfig, fit
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["LabSettings", "LabModel", "LabSnapshot", "make_points", "run_lab", "plot_lab_run", "CodebookLab"]
 
@@ -61,8 +64,15 @@ class LabSettings:
             raise ValueError(f"init must be one of {INITS}, not {self.init!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError("ema_decay must be in [0, 1): 0 for codebook-loss updates")
-        if self.num_codes < 2 or self.steps < 1:
-            raise ValueError("num_codes must be >= 2 and steps >= 1")
+        if self.num_codes < 2:
+            raise ValueError("num_codes must be >= 2")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if self.beta < 0 or self.lr <= 0:
+            raise ValueError("beta must be >= 0 and lr > 0")
+
+
+SHOWN = 600  # points drawn in the picture: enough to see every cluster, few enough to redraw fast
 
 
 def make_points(n: int = 2000, seed: int = 0) -> Tensor:
@@ -131,7 +141,7 @@ def _snapshot(model: LabModel, shown: Tensor, step: int, history: dict[str, list
     with torch.no_grad():
         z = model.latents(shown)
         codes = model.quantizer.codebook.detach().clone()
-        nearest = torch.cdist(z, codes).argmin(1)
+        nearest = nearest_code(z, codes)  # the quantizer's own search, ties broken as in training
     used = torch.zeros(len(codes), dtype=torch.bool)
     used[nearest] = True
     return LabSnapshot(step, z, codes, used, {k: list(v) for k, v in history.items()})
@@ -141,11 +151,15 @@ def run_lab(
     settings: LabSettings, points: Tensor | None = None, every: int = 10, on_snapshot: Callable[[LabSnapshot], None] | None = None
 ) -> list[LabSnapshot]:
     """Train one lab run from scratch (seeded, on the CPU) and return snapshots at step 0 and every
-    ``every`` steps (and the last); ``on_snapshot`` is called with each as it is taken."""
+    ``every`` steps (and the last); ``on_snapshot`` is called with each as it is taken. Like
+    :func:`~vqvae_lib.training.train`, a run seeds the global generators (torch, NumPy, ``random``) from
+    ``settings.seed``: that is what makes the same settings give the same run."""
+    if every < 1:
+        raise ValueError("every must be >= 1 (steps between snapshots)")
     points = make_points(seed=settings.seed) if points is None else points
     torch.manual_seed(settings.seed)
     model = LabModel(settings)
-    shown = points[:600]
+    shown = points[:SHOWN]
     g = torch.Generator().manual_seed(settings.seed)
     history: dict[str, list[float]] = {"perplexity": [], "codes_used": [], "recon": []}
     snapshots: list[LabSnapshot] = []
@@ -181,7 +195,7 @@ def _plane(snap: LabSnapshot, size: int = 120) -> tuple[tuple[float, float, floa
     lo, hi = lo - pad, hi + pad
     xs, ys = torch.linspace(float(lo[0]), float(hi[0]), size), torch.linspace(float(lo[1]), float(hi[1]), size)
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)
-    cells = torch.cdist(grid, snap.codes).argmin(1).reshape(size, size)
+    cells = nearest_code(grid, snap.codes).reshape(size, size)
     return (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])), cells
 
 
@@ -193,7 +207,7 @@ def _draw_plane(ax, snap: LabSnapshot, title: str | None = None) -> None:
     cmap = mcolors.ListedColormap([f"C{i % 10}" for i in range(len(codes))])
     ax.imshow(cells.numpy(), origin="lower", extent=extent, cmap=cmap, vmin=-0.5, vmax=len(codes) - 0.5, alpha=0.22,
               aspect="auto", interpolation="nearest")
-    nearest = torch.cdist(z, codes).argmin(1)
+    nearest = nearest_code(z, codes)
     ax.scatter(z[:, 0].numpy(), z[:, 1].numpy(), c=nearest.numpy(), cmap=cmap, vmin=-0.5, vmax=len(codes) - 0.5, s=5)
     live, dead = codes[snap.used].numpy(), codes[~snap.used].numpy()
     ax.scatter(live[:, 0], live[:, 1], marker="*", s=150, c="white", edgecolors="black", linewidths=1.2, label="code in use")
@@ -216,7 +230,7 @@ def _draw_curve(ax, snap: LabSnapshot, k: int, total_steps: int) -> None:
     ax.set_title("codebook usage per batch", fontsize=11)
 
 
-def plot_lab_run(snapshots: list[LabSnapshot], settings: LabSettings, at: tuple[int, ...] = (0, 30, 100)):
+def plot_lab_run(snapshots: list[LabSnapshot], settings: LabSettings, at: tuple[int, ...] = (0, 30, 100)) -> "Figure":
     """A recorded run as one figure: the latent plane at the steps ``at`` and at the end, and the usage
     curve. Returns the matplotlib figure."""
     import matplotlib.pyplot as plt
@@ -252,14 +266,14 @@ class _LivePicture:
         self.cells = self.plane.imshow(torch.zeros(120, 120).numpy(), origin="lower", cmap=cmap, vmin=-0.5, vmax=k - 0.5,
                                        alpha=0.22, aspect="auto", interpolation="nearest")
         self.points = self.plane.scatter(empty[:, 0], empty[:, 1], c=[], cmap=cmap, vmin=-0.5, vmax=k - 0.5, s=5)
-        self.live = self.plane.scatter(empty[:, 0], empty[:, 1], marker="*", s=150, c="white", edgecolors="black",
+        self.codes_in_use = self.plane.scatter(empty[:, 0], empty[:, 1], marker="*", s=150, c="white", edgecolors="black",
                                        linewidths=1.2, label="code in use")
-        self.dead = self.plane.scatter(empty[:, 0], empty[:, 1], marker="x", s=40, c="crimson", linewidths=1.5, label="dead code")
+        self.dead_codes = self.plane.scatter(empty[:, 0], empty[:, 1], marker="x", s=40, c="crimson", linewidths=1.5, label="dead code")
         self.plane.set_xticks([]), self.plane.set_yticks([])
         self.plane.legend(fontsize=9, loc="lower left", framealpha=0.9)
         self.title = self.plane.set_title("", fontsize=11)
-        (self.perplexity,) = self.curve.plot([], [], color="C0", label="perplexity")
-        (self.used,) = self.curve.plot([], [], color="C1", label="codes used (batch)")
+        (self.perplexity_line,) = self.curve.plot([], [], color="C0", label="perplexity")
+        (self.codes_used_line,) = self.curve.plot([], [], color="C1", label="codes used (batch)")
         self.curve.axhline(k, color="gray", ls="--", lw=1, label=f"K = {k}")
         self.curve.set_xlim(0, steps), self.curve.set_ylim(0, k * 1.55)
         self.curve.set_xlabel("step", fontsize=10), self.curve.legend(fontsize=9, loc="upper left", ncol=2, frameon=False)
@@ -272,47 +286,61 @@ class _LivePicture:
         self.cells.set_data(cells.numpy())
         self.cells.set_extent(extent)
         self.points.set_offsets(z.numpy())
-        self.points.set_array(torch.cdist(z, codes).argmin(1).numpy())
-        self.live.set_offsets(codes[snap.used].numpy())
-        self.dead.set_offsets(codes[~snap.used].numpy())
+        self.points.set_array(nearest_code(z, codes).numpy())
+        self.codes_in_use.set_offsets(codes[snap.used].numpy())
+        self.dead_codes.set_offsets(codes[~snap.used].numpy())
         self.plane.set_xlim(extent[0], extent[1]), self.plane.set_ylim(extent[2], extent[3])
         when = f"step {snap.step}" if snap.step else "before training"
         self.title.set_text(f"{when}: {int(snap.used.sum())} of {len(codes)} codes in use")
         steps = list(range(1, len(snap.history.get("perplexity", [])) + 1))
-        self.perplexity.set_data(steps, snap.history.get("perplexity", []))
-        self.used.set_data(steps, snap.history.get("codes_used", []))
+        self.perplexity_line.set_data(steps, snap.history.get("perplexity", []))
+        self.codes_used_line.set_data(steps, snap.history.get("codes_used", []))
         self.figure.canvas.draw()
         return self.figure.canvas
 
 
 class CodebookLab:
     """The lab as ipywidgets: sliders and menus for :class:`LabSettings`, a Train button that runs
-    :func:`run_lab` from scratch with them, and an image redrawn every ``every`` steps. ``last_update_ms``
-    is how long the last redraw took, the training steps since the previous one included."""
+    :func:`run_lab` from scratch with them, and an image redrawn every ``every`` steps.
+    ``update_ms`` lists how long each update of the last run took (the steps since the previous redraw
+    and the redraw), ``last_update_ms`` the latest; the status line shows it."""
 
     def __init__(self, settings: LabSettings | None = None, every: int = 10, dpi: int = 72) -> None:
-        import ipywidgets as w
+        import ipywidgets as widgets
 
-        s = settings or LabSettings()
-        self.settings, self.every, self.dpi = s, every, dpi
-        self.points = make_points(seed=s.seed)
+        if every < 1:
+            raise ValueError("every must be >= 1 (steps between redraws)")
+        settings = settings or LabSettings()
+        self.settings, self.every, self.dpi = settings, every, dpi
+        self.points = make_points(seed=settings.seed)
         style = {"description_width": "150px"}
+        s = settings  # the sliders' ranges widen to hold values set outside them, rather than clamp them
         self.controls = {
-            "num_codes": w.IntSlider(s.num_codes, 2, 64, description="codes K", style=style),
-            "beta": w.FloatSlider(s.beta, min=0.0, max=2.0, step=0.05, description="beta (commitment)", style=style),
-            "ema_decay": w.FloatSlider(s.ema_decay, min=0.0, max=0.99, step=0.01, description="EMA decay (0: off)", style=style),
-            "init": w.Dropdown(options=INITS, value=s.init, description="initialisation", style=style),
-            "restart_after": w.IntSlider(s.restart_after, 0, 100, step=5, description="restart after (0: off)", style=style),
-            "steps": w.IntSlider(s.steps, 50, 1000, step=50, description="steps", style=style),
+            "num_codes": widgets.IntSlider(s.num_codes, 2, max(64, s.num_codes), description="codes K", style=style),
+            "beta": widgets.FloatSlider(s.beta, min=0.0, max=max(2.0, s.beta), step=0.05, description="beta (commitment)", style=style),
+            "ema_decay": widgets.FloatSlider(s.ema_decay, min=0.0, max=max(0.99, s.ema_decay), step=0.01,
+                                             description="EMA decay (0: off)", style=style),
+            "init": widgets.Dropdown(options=INITS, value=s.init, description="initialisation", style=style),
+            "restart_after": widgets.IntSlider(s.restart_after, 0, max(100, s.restart_after), step=5,
+                                               description="restart after (0: off)", style=style),
+            "steps": widgets.IntSlider(s.steps, min(50, s.steps), max(1000, s.steps), step=50, description="steps", style=style),
         }
-        self.train_button = w.Button(description="Train", button_style="primary", icon="play")
-        self.status = w.HTML("press Train: a run from scratch with these settings")
-        self.image = w.Image(format="png")
+        self.train_button = widgets.Button(description="Train", button_style="primary", icon="play")
+        self.status = widgets.HTML("press Train: a run from scratch with these settings")
+        self.status.add_class("vqvae-lab-status")  # for the browser test, and anyone styling the page
+        self.image = widgets.Image(format="png")
         self.train_button.on_click(lambda _: self.train())
         self.last_update_ms = float("nan")
-        self._live: _LivePicture | None = None
-        self.widget = w.VBox([w.HBox([w.VBox(list(self.controls.values())), w.VBox([self.train_button, self.status])]), self.image])
-        self.snapshots = [_snapshot(LabModel(s), self.points[:600], 0, {})]
+        self.update_ms: list[float] = []
+        self._running = False
+        self._picture: _LivePicture | None = None
+        controls = widgets.VBox(list(self.controls.values()))
+        self.widget = widgets.VBox([widgets.HBox([controls, widgets.VBox([self.train_button, self.status])]), self.image])
+        self.widget.add_class("vqvae-codebook-lab")
+        with torch.random.fork_rng():  # the run's own start, as run_lab draws it, without touching the session's RNG
+            torch.manual_seed(settings.seed)
+            start = LabModel(settings)
+        self.snapshots = [_snapshot(start, self.points[:SHOWN], 0, {})]
         self.image.value = self.render(self.snapshots[-1])
 
     def current_settings(self) -> LabSettings:
@@ -326,35 +354,45 @@ class CodebookLab:
         from PIL import Image
 
         k = len(snap.codes)
-        if self._live is None or self._live.k != k:
-            self._live = _LivePicture(k, self.current_settings().steps, self.dpi)
-        canvas = self._live.update(snap)
+        if self._picture is None or self._picture.k != k:
+            self._picture = _LivePicture(k, self.current_settings().steps, self.dpi)
+        canvas = self._picture.update(snap)
         image = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
         buffer = io.BytesIO()
         image.convert("RGB").save(buffer, format="PNG", compress_level=1)
         return buffer.getvalue()
 
     def train(self) -> list[LabSnapshot]:
-        """One run with the current settings, redrawn as it goes; returns its snapshots."""
+        """One run with the current settings, redrawn as it goes; returns its snapshots. A click that
+        arrives while a run is going is ignored; an error stops the run and is shown in the status line
+        (a button's callback has no cell to print it in) before it is raised."""
+        if self._running:
+            return self.snapshots
         settings = self.current_settings()
-        self.train_button.disabled = True
-        clock = [time.perf_counter()]
+        self._running, self.train_button.disabled = True, True
+        self.update_ms = []
+        clock = time.perf_counter()
 
         def show(snap: LabSnapshot) -> None:
+            nonlocal clock
             self.image.value = self.render(snap)
             now = time.perf_counter()
-            self.last_update_ms = 1000 * (now - clock[0])
-            clock[0] = now
+            self.last_update_ms = 1000 * (now - clock)
+            self.update_ms.append(self.last_update_ms)
+            clock = now
             h = snap.history
             usage = f"perplexity {h['perplexity'][-1]:.1f}, codes used {h['codes_used'][-1]:.0f}" if h.get("perplexity") else ""
             self.status.value = f"step {snap.step} of {settings.steps} &nbsp; {usage} &nbsp; ({self.last_update_ms:.0f} ms per update)"
 
         try:
-            self._live = None  # a new run may have another K or length: new axes
+            self._picture = None  # a new run may have another K or length: new axes
             self.snapshots = run_lab(settings, self.points, every=self.every, on_snapshot=show)
+        except Exception as err:
+            self.status.value = f"stopped: {type(err).__name__}: {err}"
+            raise
         finally:
-            self.train_button.disabled = False
+            self._running, self.train_button.disabled = False, False
         return self.snapshots
 
-    def _repr_mimebundle_(self, **kwargs):
+    def _repr_mimebundle_(self, **kwargs) -> dict:
         return self.widget._repr_mimebundle_(**kwargs)

@@ -129,15 +129,16 @@ def plot_history(
     return fig
 
 
-def show_code_grids(images: Tensor, indices: Tensor, usage: Tensor | None = None, max_labelled: int = 8):
+def show_code_grids(images: Tensor, indices: Tensor, max_labelled: int = 8, *, usage: Tensor | None = None):
     """Each image beside its ``(h, w)`` grid of code indices, each position coloured by how common its
     code is: its share of all positions in ``usage`` (``(K,)`` counts, e.g. ``evaluate(...)["histogram"]``),
     else in the grids shown. Colouring by the index itself would be noise: neighbouring indices are
     unrelated codes. Grids up to ``max_labelled`` rows also print each index.
     ``images`` ``(N, C, H, W)``, ``indices`` ``(N, h, w)``."""
+    images, indices = images.detach().cpu(), indices.detach().cpu()
     n = len(images)
     k = int(indices.max()) + 1 if usage is None else len(usage)
-    counts = torch.bincount(indices.flatten(), minlength=k) if usage is None else torch.as_tensor(usage)
+    counts = torch.bincount(indices.flatten(), minlength=k) if usage is None else torch.as_tensor(usage).detach().cpu()
     share = (counts.double() / counts.sum().clamp_min(1)).numpy()
     vmax = float(share.max()) or 1.0
     fig, axes = plt.subplots(1, 2 * n, figsize=(4.4 * n, 2.6), gridspec_kw={"width_ratios": [1, 1.25] * n}, layout="constrained")
