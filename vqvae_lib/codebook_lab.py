@@ -128,7 +128,8 @@ class LabModel(nn.Module):
 @dataclass
 class LabSnapshot:
     """The state of a run after ``step`` steps: encoder outputs of the shown points, codes, and which
-    codes the shown points use; ``history`` is the per-step perplexity and codes used so far."""
+    codes the shown points use; ``history`` holds the per-step perplexity, codes used and reconstruction
+    error so far."""
 
     step: int
     latents: Tensor
