@@ -367,3 +367,28 @@ def test_a_plain_loop_over_the_loader_reshuffles_every_epoch():
     assert [int(next(stream)[1][0]) for _ in range(16)] == first + second, "batches_from must match a plain loop"
     # the classic bug keeps drawing the first batch of epoch 0: the behaviour notebook 4's exercise shows
     assert len({tuple(next(iter(loader))[1].tolist()) for _ in range(5)}) == 1
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_photos_load_upright_whatever_their_exif_orientation(tmp_path, orientation):
+    # what a viewer shows: a 60 x 40 picture, black with a white square in its top-left corner. A phone
+    # stores it turned and/or mirrored and says how in EXIF tag 0x0112; the stored pixels below follow
+    # the EXIF definition of each value (6: the stored image must be turned 90 degrees clockwise to view)
+    shown = np.zeros((40, 60, 3), np.uint8)
+    shown[:16, :16] = 255
+    stored = {
+        1: shown, 2: shown[:, ::-1], 3: shown[::-1, ::-1], 4: shown[::-1],
+        5: shown.transpose(1, 0, 2), 6: np.rot90(shown, 1), 7: np.rot90(shown, 2).transpose(1, 0, 2), 8: np.rot90(shown, -1),
+    }[orientation]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"photo_{orientation}.jpg"
+    Image.fromarray(np.ascontiguousarray(stored)).save(path, quality=95, exif=exif)
+    from vqvae_lib.data import decode_image
+
+    image = decode_image(path, 3, None)
+    assert tuple(image.shape) == (3, 40, 60), f"orientation {orientation}: loaded sideways"
+    corners = {"top-left": image[:, :16, :16], "top-right": image[:, :16, -16:],
+               "bottom-left": image[:, -16:, :16], "bottom-right": image[:, -16:, -16:]}
+    brightest = max(corners, key=lambda k: corners[k].float().mean())
+    assert brightest == "top-left", f"orientation {orientation}: the square is {brightest}"

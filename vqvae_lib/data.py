@@ -20,7 +20,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -114,11 +114,14 @@ def _resize_center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 
 def decode_image(source: str | os.PathLike | IO[bytes], channels: int, size: tuple[int, int] | None) -> Tensor:
-    """One image file (a path or an open binary file) -> uint8 ``(channels, H, W)``: any PIL mode becomes
-    L or RGB (transparency on white), then the shorter side is scaled to fit ``size`` and the centre
-    cropped. A file PIL cannot decode raises :class:`DatasetFileError` naming it."""
+    """One image file (a path or an open binary file) -> uint8 ``(channels, H, W)``, upright as its EXIF
+    orientation says: any PIL mode becomes L or RGB (transparency on white), then the shorter side is
+    scaled to fit ``size`` and the centre cropped. A file PIL cannot decode raises :class:`DatasetFileError` naming it."""
     try:
         with Image.open(source) as img:
+            # phone photos store their rotation in EXIF instead of in the pixels: load them the way an
+            # image viewer shows them (orientations 2-8; 1, 0 and none leave the pixels as they are)
+            img = ImageOps.exif_transpose(img)
             img = _to_mode(img, channels)
             if size is not None:
                 img = _resize_center_crop(img, size)
