@@ -9,13 +9,13 @@ Prints the machine (CPU, threads, float32 matrix-multiply GFLOP/s of 2048 x 2048
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
 
 from vqvae_lib.codebook_lab import CodebookLab, LabSettings, run_lab
+from vqvae_lib.runtime import cpu_name
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -25,16 +25,6 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     for _ in range(repeats):
         a @ b
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

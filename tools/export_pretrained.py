@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from vqvae_lib.paths import checkpoint_dir, pretrained_dir, project_dir, project_relative
+from vqvae_lib.runtime import cpu_name
 
 TRAINED_BY = {
     "mnist": "notebooks/04_mnist.ipynb",
@@ -37,14 +38,7 @@ PRIOR_OF = {"mnist": "mnist_prior", "cifar10": "cifar10_prior"}
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{os.cpu_count()}-core {platform.machine()} CPU ({cpu}), {gpu}, torch {torch.__version__.split('+')[0]}"
 

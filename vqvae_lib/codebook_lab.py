@@ -200,35 +200,58 @@ def _plane(snap: LabSnapshot, size: int = 120) -> tuple[tuple[float, float, floa
     return (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])), cells
 
 
-def _draw_plane(ax, snap: LabSnapshot, title: str | None = None) -> None:
-    import matplotlib.colors as mcolors
+class _PlanePanel:
+    """The latent plane on ``ax`` for a run with ``k`` codes: Voronoi cells, the shown points coloured by
+    their code, codes in use and dead codes. Its artists are made once; :meth:`update` changes their data,
+    which is what lets the widget redraw fast, and the recorded figure draws with the same code."""
 
-    z, codes = snap.latents, snap.codes
-    extent, cells = _plane(snap)
-    cmap = mcolors.ListedColormap([f"C{i % 10}" for i in range(len(codes))])
-    ax.imshow(cells.numpy(), origin="lower", extent=extent, cmap=cmap, vmin=-0.5, vmax=len(codes) - 0.5, alpha=0.22,
-              aspect="auto", interpolation="nearest")
-    nearest = nearest_code(z, codes)
-    ax.scatter(z[:, 0].numpy(), z[:, 1].numpy(), c=nearest.numpy(), cmap=cmap, vmin=-0.5, vmax=len(codes) - 0.5, s=5)
-    live, dead = codes[snap.used].numpy(), codes[~snap.used].numpy()
-    ax.scatter(live[:, 0], live[:, 1], marker="*", s=150, c="white", edgecolors="black", linewidths=1.2, label="code in use")
-    ax.scatter(dead[:, 0], dead[:, 1], marker="x", s=40, c="crimson", linewidths=1.5, label="dead code")
-    ax.set_xlim(extent[0], extent[1]), ax.set_ylim(extent[2], extent[3])
-    ax.set_xticks([]), ax.set_yticks([])
-    when = f"step {snap.step}" if snap.step else "before training"
-    ax.set_title(title or f"{when}: {int(snap.used.sum())} of {len(codes)} codes in use", fontsize=11)
+    def __init__(self, ax, k: int, legend: bool) -> None:
+        import matplotlib.colors as mcolors
+
+        self.ax = ax
+        cmap = mcolors.ListedColormap([f"C{i % 10}" for i in range(k)])
+        empty = torch.zeros(0, 2).numpy()
+        self.cells = ax.imshow(torch.zeros(120, 120).numpy(), origin="lower", cmap=cmap, vmin=-0.5, vmax=k - 0.5,
+                               alpha=0.22, aspect="auto", interpolation="nearest")
+        self.points = ax.scatter(empty[:, 0], empty[:, 1], c=[], cmap=cmap, vmin=-0.5, vmax=k - 0.5, s=5)
+        self.codes_in_use = ax.scatter(empty[:, 0], empty[:, 1], marker="*", s=150, c="white", edgecolors="black",
+                                       linewidths=1.2, label="code in use")
+        self.dead_codes = ax.scatter(empty[:, 0], empty[:, 1], marker="x", s=40, c="crimson", linewidths=1.5, label="dead code")
+        ax.set_xticks([]), ax.set_yticks([])
+        if legend:
+            ax.legend(fontsize=9, loc="lower left", framealpha=0.9)
+        self.title = ax.set_title("", fontsize=11)
+
+    def update(self, snap: LabSnapshot) -> None:
+        z, codes = snap.latents, snap.codes
+        extent, cells = _plane(snap)
+        self.cells.set_data(cells.numpy())
+        self.cells.set_extent(extent)
+        self.points.set_offsets(z.numpy())
+        self.points.set_array(nearest_code(z, codes).numpy())
+        self.codes_in_use.set_offsets(codes[snap.used].numpy())
+        self.dead_codes.set_offsets(codes[~snap.used].numpy())
+        self.ax.set_xlim(extent[0], extent[1]), self.ax.set_ylim(extent[2], extent[3])
+        when = f"step {snap.step}" if snap.step else "before training"
+        self.title.set_text(f"{when}: {int(snap.used.sum())} of {len(codes)} codes in use")
 
 
-def _draw_curve(ax, snap: LabSnapshot, k: int, total_steps: int) -> None:
-    h = snap.history
-    steps = range(1, len(h.get("perplexity", [])) + 1)
-    ax.plot(steps, h.get("perplexity", []), color="C0", label="perplexity")
-    ax.plot(steps, h.get("codes_used", []), color="C1", label="codes used (batch)")
-    ax.axhline(k, color="gray", ls="--", lw=1, label=f"K = {k}")
-    ax.set_xlim(0, total_steps), ax.set_ylim(0, k * 1.55)  # room above the K line for the legend
-    ax.set_xlabel("step", fontsize=10), ax.legend(fontsize=9, loc="upper left", ncol=2, frameon=False)
-    ax.tick_params(labelsize=9)
-    ax.set_title("codebook usage per batch", fontsize=11)
+class _CurvePanel:
+    """Perplexity and codes used per batch on ``ax``, against ``K``, over a run of ``steps`` steps."""
+
+    def __init__(self, ax, k: int, steps: int) -> None:
+        (self.perplexity_line,) = ax.plot([], [], color="C0", label="perplexity")
+        (self.codes_used_line,) = ax.plot([], [], color="C1", label="codes used (batch)")
+        ax.axhline(k, color="gray", ls="--", lw=1, label=f"K = {k}")
+        ax.set_xlim(0, steps), ax.set_ylim(0, k * 1.55)  # room above the K line for the legend
+        ax.set_xlabel("step", fontsize=10), ax.legend(fontsize=9, loc="upper left", ncol=2, frameon=False)
+        ax.tick_params(labelsize=9)
+        ax.set_title("codebook usage per batch", fontsize=11)
+
+    def update(self, snap: LabSnapshot) -> None:
+        steps = list(range(1, len(snap.history.get("perplexity", [])) + 1))
+        self.perplexity_line.set_data(steps, snap.history.get("perplexity", []))
+        self.codes_used_line.set_data(steps, snap.history.get("codes_used", []))
 
 
 def plot_lab_run(snapshots: list[LabSnapshot], settings: LabSettings, at: tuple[int, ...] = (0, 30, 100)) -> "Figure":
@@ -239,10 +262,9 @@ def plot_lab_run(snapshots: list[LabSnapshot], settings: LabSettings, at: tuple[
     by_step = {s.step: s for s in snapshots}
     chosen = [by_step[min(by_step, key=lambda k: abs(k - a))] for a in at] + [snapshots[-1]]
     fig, axes = plt.subplots(1, len(chosen) + 1, figsize=(3.3 * (len(chosen) + 1), 3.4))
-    for ax, snap in zip(axes, chosen):
-        _draw_plane(ax, snap)
-    _draw_curve(axes[-1], snapshots[-1], settings.num_codes, settings.steps)
-    axes[0].legend(fontsize=8, loc="lower left", framealpha=0.9)
+    for i, (ax, snap) in enumerate(zip(axes, chosen)):
+        _PlanePanel(ax, settings.num_codes, legend=i == 0).update(snap)
+    _CurvePanel(axes[-1], settings.num_codes, settings.steps).update(snapshots[-1])
     knobs = ", ".join(f"{k}={v}" for k, v in asdict(settings).items() if k in ("num_codes", "beta", "ema_decay", "init", "restart_after"))
     fig.suptitle(f"codebook lab: {knobs}", fontsize=11)
     fig.tight_layout()
@@ -250,52 +272,22 @@ def plot_lab_run(snapshots: list[LabSnapshot], settings: LabSettings, at: tuple[
 
 
 class _LivePicture:
-    """The lab's two panels for a run with ``k`` codes, drawn with persistent artists whose data change."""
+    """The widget's figure for a run with ``k`` codes: a plane and a curve panel, redrawn in place."""
 
     def __init__(self, k: int, steps: int, dpi: int) -> None:
-        import matplotlib.colors as mcolors
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
         self.k = k
         self.figure = Figure(figsize=(10, 4.2), dpi=dpi)
         FigureCanvasAgg(self.figure)
-        self.plane, self.curve = self.figure.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
+        plane, curve = self.figure.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
         self.figure.subplots_adjust(left=0.01, right=0.98, bottom=0.12, top=0.92, wspace=0.1)
-        cmap = mcolors.ListedColormap([f"C{i % 10}" for i in range(k)])
-        empty = torch.zeros(0, 2).numpy()
-        self.cells = self.plane.imshow(torch.zeros(120, 120).numpy(), origin="lower", cmap=cmap, vmin=-0.5, vmax=k - 0.5,
-                                       alpha=0.22, aspect="auto", interpolation="nearest")
-        self.points = self.plane.scatter(empty[:, 0], empty[:, 1], c=[], cmap=cmap, vmin=-0.5, vmax=k - 0.5, s=5)
-        self.codes_in_use = self.plane.scatter(empty[:, 0], empty[:, 1], marker="*", s=150, c="white", edgecolors="black",
-                                       linewidths=1.2, label="code in use")
-        self.dead_codes = self.plane.scatter(empty[:, 0], empty[:, 1], marker="x", s=40, c="crimson", linewidths=1.5, label="dead code")
-        self.plane.set_xticks([]), self.plane.set_yticks([])
-        self.plane.legend(fontsize=9, loc="lower left", framealpha=0.9)
-        self.title = self.plane.set_title("", fontsize=11)
-        (self.perplexity_line,) = self.curve.plot([], [], color="C0", label="perplexity")
-        (self.codes_used_line,) = self.curve.plot([], [], color="C1", label="codes used (batch)")
-        self.curve.axhline(k, color="gray", ls="--", lw=1, label=f"K = {k}")
-        self.curve.set_xlim(0, steps), self.curve.set_ylim(0, k * 1.55)
-        self.curve.set_xlabel("step", fontsize=10), self.curve.legend(fontsize=9, loc="upper left", ncol=2, frameon=False)
-        self.curve.tick_params(labelsize=9)
-        self.curve.set_title("codebook usage per batch", fontsize=11)
+        self.plane, self.curve = _PlanePanel(plane, k, legend=True), _CurvePanel(curve, k, steps)
 
     def update(self, snap: LabSnapshot):
-        z, codes = snap.latents, snap.codes
-        extent, cells = _plane(snap)
-        self.cells.set_data(cells.numpy())
-        self.cells.set_extent(extent)
-        self.points.set_offsets(z.numpy())
-        self.points.set_array(nearest_code(z, codes).numpy())
-        self.codes_in_use.set_offsets(codes[snap.used].numpy())
-        self.dead_codes.set_offsets(codes[~snap.used].numpy())
-        self.plane.set_xlim(extent[0], extent[1]), self.plane.set_ylim(extent[2], extent[3])
-        when = f"step {snap.step}" if snap.step else "before training"
-        self.title.set_text(f"{when}: {int(snap.used.sum())} of {len(codes)} codes in use")
-        steps = list(range(1, len(snap.history.get("perplexity", [])) + 1))
-        self.perplexity_line.set_data(steps, snap.history.get("perplexity", []))
-        self.codes_used_line.set_data(steps, snap.history.get("codes_used", []))
+        self.plane.update(snap)
+        self.curve.update(snap)
         self.figure.canvas.draw()
         return self.figure.canvas
 

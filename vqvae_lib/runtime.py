@@ -8,6 +8,7 @@ they return their input unchanged, so library code calls them unconditionally.
 from __future__ import annotations
 
 import os
+import platform
 import random
 from contextlib import contextmanager
 from typing import Iterator
@@ -21,6 +22,7 @@ __all__ = [
     "FAST_ENV",
     "fast_mode",
     "pick_device",
+    "cpu_name",
     "seed_everything",
     "unwrap",
     "eval_mode",
@@ -53,6 +55,19 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), for the machine line printed beside timings and
+    stored with committed models; elsewhere what ``platform`` knows (often only the architecture)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def seed_everything(seed: int) -> None:
