@@ -15,16 +15,7 @@ import time
 import torch
 
 from vqvae_lib.codebook_lab import CodebookLab, LabSettings, run_lab
-from vqvae_lib.runtime import cpu_name
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+from vqvae_lib.runtime import cpu_name, matmul_gflops
 
 
 def main() -> None:

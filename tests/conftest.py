@@ -51,6 +51,15 @@ def mnist_small(real_root):
     return train, test
 
 
+@pytest.fixture(autouse=True, scope="session")
+def image_cache(tmp_path_factory) -> Path:
+    """The tests' decoded-image cache: a fresh folder, not the data root's (a test must not depend on,
+    or leave behind, what another run cached). Notebook kernels started by the tests inherit it."""
+    folder = tmp_path_factory.mktemp("image-cache")
+    os.environ["VQVAE_CACHE_DIR"] = str(folder)
+    return folder
+
+
 def pytest_configure(config):
     # Always 2 threads, whatever the machine has: PyTorch picks some convolution kernels by thread
     # count (oneDNN for small 1x1 convolutions only with more than one thread), so a fixed count keeps

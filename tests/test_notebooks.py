@@ -73,10 +73,10 @@ def test_notebook_runs_in_fast_mode(path: Path, run_dir: Path):
             assert len(nmses) == 5, "notebook 03 should report its five codebook variants"
         assert nmses, "the notebook printed no test evaluation: did it train?"
         assert all(0 < n < 1.0 for n in nmses), "test NMSE not below 1: the model learned nothing"
-    if path.name.startswith("08"):  # two priors trained: both beat the uniform prior on test codes
+    if path.name.startswith("08"):  # three priors trained: MNIST's and CIFAR10's beat the uniform prior on test codes
         priors = [(float(nll), float(log_k)) for nll, log_k in PRIOR_LINE.findall(text)]
-        assert len(priors) == 2, "notebook 08 should report the MNIST and CIFAR10 priors' test NLL"
-        assert all(nll < log_k for nll, log_k in priors), priors
+        assert len(priors) == 3, "notebook 08 should report the MNIST, CIFAR10 and photo priors' test NLL"
+        assert all(nll < log_k for nll, log_k in priors[:2]), priors
     if path.name.startswith("07"):
         gifs = list((run_dir / "interpolations").glob("*.gif"))
         assert {g.stem for g in gifs} >= {"mnist_interpolation"}, gifs
@@ -99,6 +99,33 @@ def test_notebook_runs_with_the_committed_models(path: Path, run_dir: Path):
     if path.name.startswith("08"):
         priors = [(float(nll), float(log_k)) for nll, log_k in PRIOR_LINE.findall(text)]
         assert len(priors) == 2 and all(nll < log_k for nll, log_k in priors), priors
+
+
+@pytest.mark.notebooks
+def test_notebooks_6_to_8_run_on_a_small_folder_of_ones_own(shared_root, tmp_path, monkeypatch):
+    """A first try with 19 of one's own photos, as a new user makes it: notebook 6 adapts (batch, held-out
+    part) and says what so few images mean; notebook 7 offers the model in its explorer, on the folder's
+    photos; notebook 8 trains a prior on its codes and samples from it."""
+    import shutil
+
+    folder = tmp_path / "my photos"
+    folder.mkdir()
+    for photo in sorted((shared_root / "food-101-sample" / "food-101" / "images").rglob("*.jpg"))[::40][:19]:
+        shutil.copy(photo, folder / f"{photo.parent.name}_{photo.name}")
+    monkeypatch.setenv("VQVAE_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))  # this reader's runs only
+    by_name = {p.name[:2]: p for p in NOTEBOOKS}
+    texts = {}
+    for number in ("06", "07", "08"):
+        nb = execute_notebook(by_name[number], fast=True, output=tmp_path / by_name[number].name, timeout=900,
+                              image_folder=folder if number == "06" else None)  # fmt: skip
+        assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
+        texts[number] = _text(nb)
+    assert re.search(r"19 images: 1\d to train on, \d held out to test on; batches of 1\d\.", texts["06"])
+    assert "So few images" in texts["06"]
+    assert (tmp_path / "checkpoints" / "my_images.pt").exists()
+    assert re.search(r"my_images: .*my_images\.pt \(step \d+\), on \d+ photos of your folder", texts["07"])
+    assert (tmp_path / "interpolations" / "my_images_interpolation.gif").exists()
+    assert "your photos: " in texts["08"] and "your photos prior:" in texts["08"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

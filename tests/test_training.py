@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import math
 import time
 
@@ -249,7 +251,7 @@ def test_device_choice_and_fast_mode(monkeypatch):
     assert not fast_mode()
 
 
-@pytest.mark.parametrize("name", ["mnist", "cifar10", "food101", "folder"])
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "food101", "folder", "folder-128"])
 def test_presets_build_models(name):
     cfg = TrainConfig.preset(name)
     model = cfg.build_model()
@@ -258,6 +260,53 @@ def test_presets_build_models(name):
     assert model.eval()(x)[0].shape == x.shape  # eval: no codebook init from 2 images
     with pytest.raises(ValueError, match="no preset"):
         TrainConfig.preset("imagenet")
+    if name == "folder-128":  # one more halving: the 16x16 grid of the 64x64 model
+        assert model.latent_shape((128, 128)) == TrainConfig.preset("folder").build_model().latent_shape((64, 64)) == (16, 16)
+
+
+def test_a_config_fits_itself_to_a_small_or_grayscale_folder():
+    """17 photos cannot fill a batch of 32 (make_loader refuses it); a grayscale folder loads with 1 channel."""
+    from vqvae_lib import TensorImageDataset, make_loader
+
+    photos = TensorImageDataset(torch.zeros(17, 1, 64, 64, dtype=torch.uint8))
+    cfg = TrainConfig.preset("folder")
+    with pytest.raises(ValueError, match="batch_size 32 is larger than the 17 samples"):
+        make_loader(photos, cfg.batch_size)
+    fitted = cfg.for_dataset(photos)
+    assert fitted.batch_size == 17 and fitted.model.in_channels == 1 and fitted.steps == cfg.steps
+    assert len(make_loader(photos, fitted.batch_size)) == 1
+    assert TrainConfig.preset("folder").for_dataset(TensorImageDataset(torch.zeros(100, 3, 8, 8, dtype=torch.uint8))).batch_size == 32
+
+
+def test_the_command_line_trains_on_a_folder_and_writes_pictures(shared_root, tmp_path, monkeypatch, capsys):
+    """One command: a small folder of real photos -> checkpoint (recording the folder), evaluation on the
+    held-out part, a reconstruction grid PNG and an interpolation GIF."""
+    import shutil
+
+    from PIL import Image
+
+    from vqvae_lib import read_checkpoint
+    from vqvae_lib.cli import main
+
+    folder = tmp_path / "holiday"
+    folder.mkdir()
+    for photo in sorted((shared_root / "food-101-sample" / "food-101" / "images").rglob("*.jpg"))[:19]:
+        shutil.copy(photo, folder / photo.name)
+    out = tmp_path / "runs" / "holiday.pt"
+    with pytest.raises(SystemExit, match="--preset mnist is for mnist"):  # not MNIST read from the folder
+        main(["--folder", str(folder), "--preset", "mnist", "--steps", "1"])
+    assert main(["--folder", str(folder), "--image-size", "32", "--steps", "12", "--hidden-channels", "16",
+                 "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "19 images: " in printed and "held out to test on; batches of" in printed
+    assert re.search(r"test \(the \d+ held-out image\(s\)\): NMSE [\d.]+", printed)
+    assert re.search(r"training \(1\d of the 1\d training images\): NMSE [\d.]+", printed)
+    saved = read_checkpoint(out)
+    assert saved.step == 12 and saved.extra == {"image_folder": str(folder.resolve()), "image_size": 32}
+    grid, gif = out.with_name("holiday_reconstructions.png"), out.with_name("holiday_interpolation.gif")
+    assert Image.open(grid).size[0] > 400
+    with Image.open(gif) as frames:
+        assert frames.n_frames >= 16 and frames.size == (128, 128)
 
 
 def test_every_vqvae_argument_is_reachable_from_a_train_config_and_the_command_line():

@@ -92,6 +92,9 @@ def clean_notebook(nb):
 PRETRAINED_SWITCH = "USE_PRETRAINED = False"
 
 
+FOLDER_SWITCH = "IMAGE_FOLDER = None"
+
+
 def use_pretrained(nb) -> None:
     """Flip the notebook's ``USE_PRETRAINED = False`` to True, as a reader who does not want to train would."""
     cells = [c for c in nb.cells if c.cell_type == "code" and PRETRAINED_SWITCH in c.source]
@@ -100,15 +103,22 @@ def use_pretrained(nb) -> None:
     cells[0].source = cells[0].source.replace(PRETRAINED_SWITCH, "USE_PRETRAINED = True", 1)
 
 
-def execute_notebook(path: Path, fast: bool, output: Path | None = None, timeout: int = 3600, pretrained: bool = False):
+def execute_notebook(path: Path, fast: bool, output: Path | None = None, timeout: int = 3600, pretrained: bool = False,
+                     image_folder: Path | None = None):  # fmt: skip
     """Run a notebook top to bottom in its own folder; raises on the first failing cell. ``pretrained``
-    runs it with ``USE_PRETRAINED = True``."""
+    runs it with ``USE_PRETRAINED = True``; ``image_folder`` with ``IMAGE_FOLDER`` set to that folder, as
+    a reader trying their own photos would (notebook 6)."""
     import nbformat
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
     if pretrained:
         use_pretrained(nb)
+    if image_folder is not None:
+        cells = [c for c in nb.cells if c.cell_type == "code" and FOLDER_SWITCH in c.source]
+        if len(cells) != 1:
+            raise ValueError(f"expected one cell with {FOLDER_SWITCH!r}, found {len(cells)}")
+        cells[0].source = cells[0].source.replace(FOLDER_SWITCH, f"IMAGE_FOLDER = {str(image_folder)!r}", 1)
     previous = os.environ.get(FAST_ENV)
     os.environ[FAST_ENV] = "1" if fast else "0"  # the kernel inherits this process's environment
     try:

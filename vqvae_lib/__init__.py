@@ -8,10 +8,10 @@ from .data import (
     BatchLoader,
     DatasetFileError,
     DatasetNotFoundError,
-    ImageFolderDataset,
     TensorImageDataset,
     make_loader,
 )
+from .image_folder import ImageFolderDataset, held_out
 from .interpolation import interpolate_latents, save_gif
 from .metrics import codes_used, evaluate, nmse, perplexity, psnr
 from .model import VQVAE, Decoder, Encoder, ResidualBlock, ResidualStack, VQVAEConfig, loss_terms
@@ -37,7 +37,7 @@ __all__ = [
     "FAST_ENV", "FitConfig", "GatedPixelCNN", "ImageFolderDataset", "PriorConfig", "QuantizerOutput", "ResidualBlock", "ResidualStack",
     "TensorImageDataset", "TrainConfig", "TrainResult", "VQVAE", "VQVAEConfig", "VectorQuantizer", "VectorQuantizerEMA",
     "checkpoint_dir", "codes_used", "data_root", "eval_mode", "evaluate", "evaluate_prior",
-    "extract_codes", "fast_mode", "fit", "find_checkpoint", "interpolate_latents", "kmeans", "load_checkpoint",
+    "extract_codes", "fast_mode", "held_out", "fit", "find_checkpoint", "interpolate_latents", "kmeans", "load_checkpoint",
     "load_dataset", "load_test_set", "loss_terms", "make_loader", "nearest_code", "nmse", "perplexity",
     "pick_device", "pretrained_dir", "project_relative", "psnr", "read_checkpoint", "sample", "sample_indices", "save_checkpoint",
     "save_gif", "seed_everything", "squared_distances", "train", "train_prior", "unwrap",

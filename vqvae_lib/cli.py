@@ -4,6 +4,14 @@
     python -m vqvae_lib.cli --preset cifar10 --steps 8000 --hidden-channels 96 --out runs/cifar10.pt
     torchrun --nproc_per_node 4 -m vqvae_lib.cli --preset cifar10 --amp      # 4 GPUs (or CPU processes)
     python -m vqvae_lib.cli --preset mnist --out runs/mnist.pt --resume       # continue a run
+    python -m vqvae_lib.cli --folder ~/Pictures/holiday --image-size 128     # your own photos
+
+A run writes the checkpoint and, beside it, ``<name>_reconstructions.png`` (test images over their
+reconstructions) and ``<name>_interpolation.gif`` (the path between two of those images' latents).
+``--folder`` trains on a folder of your own images (flat, or one subfolder per class), holding out a
+tenth of them (chosen by a hash of each file's path, the same split as notebook 6) to test on; it picks
+the ``folder`` preset, or ``folder-128`` (one more halving) for ``--image-size 128`` and larger. A
+folder with fewer images than a batch trains on batches of all of them.
 
 Every field of :class:`vqvae_lib.TrainConfig` and of its model's :class:`vqvae_lib.VQVAEConfig` is an
 option (``--batch-size``, ``--num-embeddings``, ...);
@@ -29,11 +37,13 @@ from typing import Any
 
 import torch
 
-from .data import make_loader
+from .data import DatasetNotFoundError, make_loader
+from .image_folder import describe_split
+from .metrics import evaluate
 from .sources import load_dataset, load_test_set
 from .paths import checkpoint_dir
 from .model import VQVAEConfig
-from .runtime import end_distributed, init_distributed, pick_device, replica_difference, wrap_distributed
+from .runtime import end_distributed, init_distributed, pick_device, replica_difference, unwrap, wrap_distributed
 from .training import TrainConfig
 from .training import train as train_loop
 
@@ -61,10 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m vqvae_lib.cli", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", default="mnist", choices=["mnist", "cifar10", "food101", "folder"],
-                        help="start from the notebooks' configuration for this dataset (default: mnist)")  # fmt: skip
+    parser.add_argument("--preset", default=None, choices=["mnist", "cifar10", "food101", "folder", "folder-128"],
+                        help="start from the notebooks' configuration for this dataset (default: mnist, or "
+                             "folder / folder-128 with --folder)")  # fmt: skip
+    parser.add_argument("--folder", type=Path, default=None, help="a folder of your own images to train on")
     parser.add_argument("--data-root", default=None, help="dataset root (default: VQVAE_DATA_ROOT or data/); "
-                        "for --preset folder, the image folder")  # fmt: skip
+                        "for --preset folder, the image folder (or use --folder)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="checkpoint path (default: data/checkpoints/<preset>.pt)")
     parser.add_argument("--resume", action="store_true", help="continue from --out if it exists")
     parser.add_argument("--train-subset", type=int, default=None, help="train on this many images (a quick run)")
@@ -94,7 +106,15 @@ def _config_fields() -> tuple[list[dataclasses.Field], list[dataclasses.Field]]:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The preset with every option given on the command line applied."""
     given = {f.name: getattr(args, f.name) for group in _config_fields() for f in group if hasattr(args, f.name)}
-    return TrainConfig.preset(args.preset, **{**_CLI_ONLY, **given})
+    return TrainConfig.preset(_preset(args), **{**_CLI_ONLY, **given})
+
+
+def _preset(args: argparse.Namespace) -> str:
+    if args.preset is not None:
+        return args.preset
+    if args.folder is not None:
+        return "folder-128" if (getattr(args, "image_size", None) or 64) >= 128 else "folder"
+    return "mnist"
 
 
 def _take(dataset, n: int, seed: int):
@@ -111,20 +131,24 @@ def _take(dataset, n: int, seed: int):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
+    if args.folder is not None and cfg.dataset != "folder":
+        raise SystemExit(f"--folder trains on your images, but --preset {args.preset} is for {cfg.dataset}: "
+                         f"leave --preset out, or give folder or folder-128")  # fmt: skip
     rank, world, dist_device = init_distributed()
     main_process = rank == 0
-    if cfg.batch_size % world:
-        raise SystemExit(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
     device = dist_device or pick_device(cfg.device)
     cfg = dataclasses.replace(cfg, device=str(device))
-    out = args.out or checkpoint_dir() / f"{args.preset}.pt"
-
-    root = args.data_root
+    root = args.folder or args.data_root
+    out = args.out or checkpoint_dir() / (f"{Path(root).expanduser().resolve().name}.pt" if args.folder else f"{_preset(args)}.pt")
     if cfg.dataset == "folder":
         if root is None:
-            raise SystemExit("--preset folder needs --data-root PATH_TO_IMAGES")
-        train_set = load_dataset("folder", root=root, image_size=cfg.image_size)
-        test_set, test_name = _take(train_set, 1000, seed=1), "1,000 of the folder's images"
+            raise SystemExit("--preset folder needs --folder PATH_TO_IMAGES")
+        try:
+            train_set = load_dataset("folder", "train", root=root, image_size=cfg.image_size)
+            test_set = load_dataset("folder", "test", root=root, image_size=cfg.image_size)
+        except DatasetNotFoundError as err:
+            raise SystemExit(str(err)) from None
+        test_name = f"the {len(test_set):,} held-out image(s)"
     else:
         train_set = load_dataset(cfg.dataset, "train", root=root, image_size=cfg.image_size)
         test_set, test_name = load_test_set(cfg.dataset, root=root, image_size=cfg.image_size)
@@ -133,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval_subset:
         test_name = f"{min(args.eval_subset, len(test_set)):,} of {test_name}"
         test_set = _take(test_set, args.eval_subset, cfg.seed)
+    if cfg.dataset == "folder":  # fitted to what is left: channels, and a batch no larger than the images
+        cfg = cfg.for_dataset(train_set)
+        cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size - cfg.batch_size % world or world)
+        if main_process:
+            print(describe_split(len(train_set), len(test_set), cfg.batch_size))
+    if cfg.batch_size % world:
+        raise SystemExit(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
 
     model = wrap_distributed(cfg.build_model().to(device), device)  # the seed gives every process the same weights
     if args.amp and device.type == "cuda":
@@ -141,8 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     if main_process:
         print(f"{world} process(es) on {device}; config: {cfg}")
         print(f"train {len(train_set):,} images, evaluate on {test_name}; checkpoint {out}")
-    result = train_loop(model, loader, cfg, eval_loader=test_set, checkpoint_path=out,
+    # a folder's model records where its images are, so that notebooks 7 and 8 can offer it
+    extra = {"image_folder": str(Path(root).expanduser().resolve()), "image_size": cfg.image_size} if cfg.dataset == "folder" else None
+    result = train_loop(model, loader, cfg, eval_loader=test_set, checkpoint_path=out, extra=extra,
                         resume=bool(args.resume and out.exists()), progress=not args.no_progress)  # fmt: skip
+    trained = unwrap(model)
     if world > 1:
         difference = replica_difference(model)
         if main_process:
@@ -155,7 +189,49 @@ def main(argv: list[str] | None = None) -> int:
     if main_process:
         print(f"{'interrupted' if result.interrupted else 'finished'} at step {result.steps} "
               f"in {result.seconds:.0f} s; checkpoint: {result.checkpoint_path}")  # fmt: skip
+        if result.final_eval:
+            e = result.final_eval
+            print(f"test ({test_name}): NMSE {e['nmse']:.4f}, PSNR {e['psnr']:.2f} dB, codes used {e['codes_used']}")
+            if cfg.dataset == "folder":  # the gap to the images it trained on says how well it generalises
+                seen = evaluate(trained, _take(train_set, 1000, seed=1))
+                print(f"training ({min(1000, len(train_set)):,} of the {len(train_set):,} training images): "
+                      f"NMSE {seen['nmse']:.4f}, PSNR {seen['psnr']:.2f} dB")
+        for path in write_pictures(trained, test_set, out, train_set):
+            print(f"wrote {path}")
     return 0
+
+
+def write_pictures(model: torch.nn.Module, test_set, out: Path, train_set=None) -> list[Path]:
+    """``<out>_reconstructions.png`` (up to 8 test images over their reconstructions) and
+    ``<out>_interpolation.gif`` (16 frames between the latents of the first and last of those images,
+    decoded). A test set of fewer than 8 images (a small folder's held-out part) is completed with
+    training images, and the title says how many of each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .interpolation import interpolate_latents, save_gif
+    from .plotting import show_reconstructions
+
+    device = next(model.parameters()).device
+    held = min(8, len(test_set))
+    images = [test_set[i][0] for i in range(held)]
+    if train_set is not None:
+        images += [train_set[i][0] for i in range(min(8 - held, len(train_set)))]
+    n = len(images)
+    x = torch.stack(images).to(device)
+    title = None if n == held else f"the first {held} held out, the other {n - held} training images"
+    figure = show_reconstructions(x.cpu(), model.reconstruct(x).cpu(), n=n, title=title)
+    grid = out.with_name(out.stem + "_reconstructions.png")
+    grid.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(grid, dpi=100)
+    plt.close(figure)
+    written = [grid]
+    if n >= 2:
+        frames = interpolate_latents(model, x[0], x[n - 1], steps=16).cpu()
+        written.append(save_gif(frames, out.with_name(out.stem + "_interpolation.gif"), scale=max(1, 128 // x.shape[-1])))
+    return written
 
 
 def _autocast_forward(model: torch.nn.Module) -> None:

@@ -7,7 +7,8 @@ The data root, first match wins:
      notebooks in any working directory agree), or ``~/.cache/vqvae_lib/data`` for a non-editable install.
 
 Checkpoints that the notebooks train go to ``VQVAE_CHECKPOINT_DIR`` or ``data/checkpoints``; the
-full-mode ones committed with the repository are in ``data/pretrained``.
+full-mode ones committed with the repository are in ``data/pretrained``. Decoded images of your folders
+are cached in ``VQVAE_CACHE_DIR`` or ``<data root>/cache``, never in the folders themselves.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "project_dir",
     "data_root",
     "checkpoint_dir",
+    "cache_dir",
     "pretrained_dir",
     "find_checkpoint",
     "project_relative",
@@ -28,6 +30,9 @@ __all__ = [
 
 DATA_ROOT_ENV = "VQVAE_DATA_ROOT"
 CHECKPOINT_DIR_ENV = "VQVAE_CHECKPOINT_DIR"
+CACHE_DIR_ENV = "VQVAE_CACHE_DIR"
+
+
 def project_dir() -> Path:
     """The repository this package was installed from (editable install), or
     ``~/.cache/vqvae_lib`` when it was installed as a plain package."""
@@ -51,6 +56,12 @@ def checkpoint_dir() -> Path:
     """Where the notebooks save the models they train: ``VQVAE_CHECKPOINT_DIR`` or ``data/checkpoints``."""
     env = os.environ.get(CHECKPOINT_DIR_ENV)
     return Path(env).expanduser() if env else project_dir() / "data" / "checkpoints"
+
+
+def cache_dir() -> Path:
+    """Where decoded images are cached: ``VQVAE_CACHE_DIR`` or ``<data root>/cache``."""
+    env = os.environ.get(CACHE_DIR_ENV)
+    return Path(env).expanduser() if env else data_root() / "cache"
 
 
 def pretrained_dir() -> Path:

@@ -23,16 +23,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .data import (
-    IMAGE_EXTENSIONS,
-    IN_MEMORY_LIMIT,
-    DatasetFileError,
-    DatasetNotFoundError,
-    ImageFolderDataset,
-    TensorImageDataset,
-    _size_tuple,
-    decode_images,
-)
+from .data import IMAGE_EXTENSIONS, DatasetFileError, DatasetNotFoundError, TensorImageDataset, _size_tuple, decode_images
+from .image_folder import load_files, load_image_folder
 from .paths import DATA_ROOT_ENV, data_root
 
 __all__ = ["CIFAR10_CLASSES", "load_dataset", "load_test_set"]
@@ -220,7 +212,8 @@ def _food101_base(root: Path) -> Path | None:
     return None
 
 
-def _load_food101(root: Path, split: str, download: bool, image_size: tuple[int, int], channels: int) -> Dataset:
+def _load_food101(root: Path, split: str, download: bool, image_size: tuple[int, int], channels: int,
+                  in_memory: bool | None, cache: bool | None) -> Dataset:  # fmt: skip
     from torchvision.datasets import Food101
 
     base = _food101_base(root)
@@ -233,8 +226,10 @@ def _load_food101(root: Path, split: str, download: bool, image_size: tuple[int,
             raise _missing("Food-101", root, _FOOD_HELP.format(root=root), err) from err
         base = root
     ds = Food101(str(base), split=split, download=False)
-    return ImageFolderDataset.from_files(base / "food-101", ds._image_files, ds._labels, ds.classes, image_size, channels,
-                                         name="food101")
+    images = base / "food-101"
+    names = [Path(p).relative_to(images).as_posix() for p in ds._image_files]
+    return load_files(images, names, list(ds._labels), list(ds.classes), image_size, channels, f"food101-{split}",
+                      cache=cache, in_memory=in_memory)  # fmt: skip
 
 
 def load_dataset(
@@ -245,6 +240,7 @@ def load_dataset(
     channels: int | None = None,
     download: bool = True,
     in_memory: bool | None = None,
+    cache: bool | None = None,
 ) -> Dataset:
     """Load a dataset by name; items are ``(x float (C, H, W) in [0, 1], label)``.
 
@@ -252,30 +248,33 @@ def load_dataset(
         name: ``"mnist"`` (28x28, 1 channel), ``"cifar10"`` (32x32 RGB; torchvision's pickles or an
             image export), ``"cifar10-exact"`` (the 3,000-image exact-pixel subset in the CI data),
             ``"food101"`` (torchvision's Food101) or ``"folder"`` (``root`` is any image folder).
-        split: ``"train"`` or ``"test"``.
+        split: ``"train"`` or ``"test"``; for a folder also ``"all"`` (the test split is the tenth held
+            out by a hash of each file's path: :func:`vqvae_lib.image_folder.held_out`).
         root: data root (or, for ``"folder"``, the image folder itself); see :func:`data_root`.
         image_size: output size (int or (H, W)). MNIST/CIFAR keep their size unless given; Food101
             and folders default to 64.
-        channels: 1 or 3; default 1 for MNIST, 3 otherwise.
+        channels: 1 or 3; default 1 for MNIST, 3 otherwise, and for a folder 1 if every image in it
+            is grayscale (with a warning that says so).
         download: let torchvision download a missing dataset.
-        in_memory: decode everything once into a uint8 tensor (default: yes, except Food-101 and
-            folders with more than ``IN_MEMORY_LIMIT`` = 20,000 images).
+        in_memory: decode everything once into a uint8 tensor (default: yes, unless Food-101's or a
+            folder's decoded images need more than a quarter of the machine's memory; then they are
+            decoded batch by batch, with a warning). Folders and Food-101 are decoded once and cached
+            under the data root (:mod:`vqvae_lib.image_folder`).
+        cache: for Food-101 and folders, read and write that cache (default: yes, unless the
+            ``VQVAE_FOLDER_CACHE`` environment variable is ``0``).
 
     Raises:
         DatasetNotFoundError: the data is not on disk and cannot be downloaded; the message says
             which files to put where.
     """
     name = name.lower().replace("_", "-")
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     size = _size_tuple(image_size)
     if name == "folder":
         if root is None:
             raise ValueError("load_dataset('folder', root=...) needs the image folder as root")
-        folder = ImageFolderDataset(root, size or (64, 64), channels or 3)
-        if in_memory or (in_memory is None and len(folder) <= IN_MEMORY_LIMIT):
-            return folder.to_tensor_dataset()
-        return folder
+        return load_image_folder(root, split, size or (64, 64), channels, cache=cache, in_memory=in_memory)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
 
     base = data_root(root)
     if name == "mnist":
@@ -285,8 +284,7 @@ def load_dataset(
     elif name == "cifar10-exact":
         ds = _load_cifar10_exact(base, split)
     elif name == "food101":
-        food = _load_food101(base, split, download, size or (64, 64), channels or 3)
-        return food.to_tensor_dataset() if in_memory or (in_memory is None and len(food) <= IN_MEMORY_LIMIT) else food
+        return _load_food101(base, split, download, size or (64, 64), channels or 3, in_memory, cache)
     else:
         raise ValueError(f"unknown dataset {name!r}; choose mnist, cifar10, cifar10-exact, food101 or folder")
 
