@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageOps
 
 import vqvae_lib.data
+import vqvae_lib.image_cache as image_cache
 import vqvae_lib.image_folder as image_folder
 from vqvae_lib import DatasetNotFoundError, ImageFolderDataset, TensorImageDataset, held_out, load_dataset, make_loader
 from vqvae_lib.data import _resize_center_crop, _to_mode, decode_many, decode_one
@@ -119,21 +120,21 @@ def test_a_reload_comes_from_the_cache_and_changes_are_decoded_again(food_photos
 def test_a_corrupt_or_foreign_cache_is_rebuilt_with_a_warning(food_photos, tmp_path, damage):
     root = _folder(tmp_path, food_photos, 6)
     first, _ = _load("all", root=root, image_size=32)
-    path = image_folder.cache_path(root, (32, 32), 3, "folder")
+    path = image_cache.cache_path(root, (32, 32), 3, "folder")
     if damage == "garbage":
         path.write_bytes(b"not a cache at all")
     elif damage == "truncated":
         path.write_bytes(path.read_bytes()[:2000])
     elif damage == "foreign":  # a well-formed file of another kind: images of the wrong shape
-        torch.save({"format": image_folder.CACHE_FORMAT, "names": first.names, "stats": [[0, 0]] * 6,
+        torch.save({"format": image_cache.CACHE_FORMAT, "names": first.names, "stats": [[0, 0]] * 6,
                     "failed": [""] * 6, "images": torch.zeros(6, 3, 8, 8, dtype=torch.uint8),
                     "upright": torch.zeros(6, 2), "grayscale": torch.zeros(6, dtype=torch.bool)}, path)  # fmt: skip
     else:  # a pickle that would run code when loaded without weights_only
-        torch.save({"format": image_folder.CACHE_FORMAT, "payload": os.system}, path)
+        torch.save({"format": image_cache.CACHE_FORMAT, "payload": os.system}, path)
     again, messages = _load("all", root=root, image_size=32)
     assert "corrupt or not this library's" in messages and "rebuilt" in messages
     assert torch.equal(first.images, again.images)
-    assert image_folder._read_cache(path, (32, 32), 3) is not None  # written again, whole
+    assert image_cache.read_cache(path, (32, 32), 3) is not None  # written again, whole
 
 
 def test_the_cache_can_be_turned_off(food_photos, tmp_path, monkeypatch):

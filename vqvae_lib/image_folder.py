@@ -5,13 +5,13 @@
 1. **scan** the folder (:func:`scan_folder`): image files by extension, flat or one subfolder per
    class, following links to other folders but never round a loop; hidden files skipped;
 2. **decode** them into uint8 tensors with threads, JPEGs at a reduced size straight from the file
-   (:func:`vqvae_lib.data.decode_many`), or take them from the **cache**: a file under the data root
-   (never in your folder) per folder, image size and channels that records each file's size and
-   modification time, so that a re-load decodes only what was added or changed;
+   (:func:`vqvae_lib.data.decode_many`), or take them from the **cache** (:mod:`vqvae_lib.image_cache`), so that a re-load decodes
+   only what was added or changed;
 3. **split** by a hash of each file's relative path (:func:`held_out`): adding a photo never moves
    another between train and test, and the split is the same wherever the folder is used;
 4. **in memory or streamed**: decided by the bytes the decoded images need against a quarter of the
-   machine's memory (:func:`memory_budget`); streamed folders decode batch by batch in worker processes.
+   machine's (or container's) memory (:func:`memory_budget`); streamed folders decode batch by batch,
+   in worker processes on Linux.
 
 Every problem is a warning that names the files (or an error when nothing usable is left), never a
 silent loss: files that are not images, broken or unreadable ones, links that loop, images smaller
@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from PIL import Image
@@ -50,10 +49,9 @@ from .data import (
     printable,
     warn_failures,
 )
-from .paths import cache_dir
+from .image_cache import CACHE_FORMAT, cache_enabled, cache_path, read_cache, write_cache
 
 __all__ = [
-    "FOLDER_CACHE_ENV",
     "TEST_FRACTION",
     "describe_split",
     "FolderScan",
@@ -65,11 +63,8 @@ __all__ = [
     "scan_folder",
 ]
 
-FOLDER_CACHE_ENV = "VQVAE_FOLDER_CACHE"  # "0", "off", "no" or "false": never read or write the cache
 TEST_FRACTION = 0.1  # the share of a folder held out for testing
 IN_MEMORY_FRACTION = 0.25  # decoded images up to this share of the machine's memory are held in memory
-# bump when decoding changes what a file becomes, so that caches written before are rebuilt, not trusted
-CACHE_FORMAT = "vqvae_lib decoded images v1 (JPEG draft x2, Lanczos, EXIF upright)"
 
 
 # -- finding the files ------------------------------------------------------------------------------
@@ -256,83 +251,6 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
-# -- the cache --------------------------------------------------------------------------------------
-
-
-def cache_enabled(cache: bool | None) -> bool:
-    if cache is not None:
-        return cache
-    return os.environ.get(FOLDER_CACHE_ENV, "1").strip().lower() not in ("0", "off", "no", "false")
-
-
-def cache_path(root: Path, size: tuple[int, int], channels: int, tag: str) -> Path:
-    """``<cache dir>/image-folders/<folder>-<tag>-<H>x<W>-<C>c-<hash of folder, size, tag>.pt``
-    (:func:`vqvae_lib.paths.cache_dir`: under the data root unless ``VQVAE_CACHE_DIR`` says otherwise)."""
-    key = f"{root.resolve()}|{size}|{channels}|{tag}".encode("utf-8", "surrogateescape")
-    name = (f"{_file_name_part(root.resolve().name)}-{_file_name_part(tag)}-{size[0]}x{size[1]}-{channels}c-"
-            f"{hashlib.sha256(key).hexdigest()[:12]}.pt")  # fmt: skip
-    return cache_dir() / "image-folders" / name
-
-
-def _file_name_part(text: str) -> str:
-    """Letters, digits, ``-`` and ``_`` only (the rest becomes ``_``): safe in a file name on every system."""
-    return "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in text)[:40]
-
-
-def _read_cache(path: Path, size: tuple[int, int], channels: int) -> dict[str, Any] | None:
-    """The cache's content if it is a cache of this kind that holds together; otherwise ``None``, with
-    a warning when a file was there (a corrupt or foreign file is rebuilt, never trusted)."""
-    if not path.exists():
-        return None
-    try:
-        # weights_only: tensors, strings and numbers only; a file crafted to run code is refused
-        content = torch.load(path, map_location="cpu", weights_only=True)
-        _check_cache(content, size, channels)
-        return content
-    except Exception as err:
-        warnings.warn(f"the image cache {path} is corrupt or not this library's ({type(err).__name__}: {err}); "
-                      f"it is rebuilt from the images", stacklevel=5)  # fmt: skip
-        return None
-
-
-def _check_cache(content: Any, size: tuple[int, int], channels: int) -> None:
-    if not isinstance(content, dict) or content.get("format") != CACHE_FORMAT:
-        raise ValueError("not a decoded-image cache of this version")
-    names, stats, failed, images = content["names"], content["stats"], content["failed"], content["images"]
-    n = len(names)
-    if not (isinstance(names, list) and all(isinstance(x, str) for x in names)):
-        raise ValueError("names are not strings")
-    if not (isinstance(stats, list) and len(stats) == n and all(isinstance(s, (list, tuple)) and len(s) == 2 for s in stats)):
-        raise ValueError("file stats do not match the names")
-    if not (isinstance(failed, list) and len(failed) == n and all(isinstance(x, str) for x in failed)):
-        raise ValueError("failures do not match the names")
-    if not (isinstance(images, Tensor) and images.dtype == torch.uint8 and tuple(images.shape) == (n, channels, *size)):
-        raise ValueError(f"images are not {n} uint8 images of {channels}x{size[0]}x{size[1]}")
-    for key in ("upright", "grayscale"):
-        if not (isinstance(content[key], Tensor) and len(content[key]) == n):
-            raise ValueError(f"{key} does not match the names")
-
-
-def _write_cache(path: Path, content: dict[str, Any]) -> None:
-    """Written to a temporary file of its own, then renamed: an interrupted write never leaves half a
-    cache, and the processes of a distributed run, which all load the folder, never write into one file."""
-    temporary = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(handle)
-        temporary = Path(name)
-        torch.save(content, temporary)
-        os.replace(temporary, path)
-        temporary = None
-    except Exception as err:  # a read-only data root, a full disk: the images are loaded all the same
-        warnings.warn(f"could not write the image cache {path} ({type(err).__name__}: {err}); the next load "
-                      f"decodes again", stacklevel=5)  # fmt: skip
-    finally:
-        if temporary is not None:
-            temporary.unlink(missing_ok=True)
-
-
 # -- decoding a list of files, through the cache -----------------------------------------------------
 
 
@@ -355,7 +273,7 @@ def _decode_files(
     if path is not None and root.resolve() in path.resolve().parents:
         warnings.warn(f"the data root lies inside the image folder {root}: no cache is written there", stacklevel=4)
         path = None
-    cached = _read_cache(path, size, channels) if path is not None else None
+    cached = read_cache(path, size, channels) if path is not None else None
     rows: dict[str, int] = {}
     if cached is not None:
         current = dict(zip(names, stats))
@@ -385,7 +303,7 @@ def _decode_files(
                 out.images[i], out.upright[i], out.grayscale[i] = result.pixels, torch.tensor(result.upright), result.grayscale
         if path is not None:
             # the stats are those taken before decoding: a file changed meanwhile is decoded again next time
-            _write_cache(path, {"format": CACHE_FORMAT, "root": str(root.resolve()), "names": names,
+            write_cache(path, {"format": CACHE_FORMAT, "root": str(root.resolve()), "names": names,
                                 "stats": [list(s) for s in stats], "failed": out.failed, "images": out.images,
                                 "upright": out.upright, "grayscale": out.grayscale})  # fmt: skip
     return out

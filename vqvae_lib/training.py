@@ -102,7 +102,7 @@ class TrainConfig(FitConfig):
         }  # fmt: skip
         presets["folder"] = replace(presets["food101"], dataset="folder")
         # 128x128 photos: one more halving keeps the 16x16 grid of codes (and the bits per image) of the
-        # 64x64 model at 1.5x its time per step (notebook 6 measures it), instead of a 32x32 grid at 4x
+        # 64x64 model at 1.4x its time per step (notebook 6 measures it), instead of a 32x32 grid at 4x
         presets["folder-128"] = replace(presets["folder"], image_size=128,
                                         model=replace(presets["folder"].model, downsample=8))  # fmt: skip
         if name not in presets:
