@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import tempfile
 from pathlib import Path
 
 import torch
 
+from vqvae_lib.checkpoint import write_atomically
 from vqvae_lib.paths import checkpoint_dir, pretrained_dir, project_dir, project_relative
 from vqvae_lib.runtime import cpu_name
 
@@ -93,15 +93,7 @@ def export(name: str) -> Path:
     if name.endswith("_prior"):  # checked by check_prior before anything was written
         extra["vqvae"] = str(project_relative(pretrained_dir() / Path(extra["vqvae"]).name))
     state.update(optimizer_state=None, scheduler_state=None, extra=extra)
-    # atomic, as the library's own checkpoints: a committed model is never half written
-    handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomically(state, target)  # as the library's own checkpoints: a committed model is never half written
     print(f"{project_relative(source)} -> {project_relative(target)}: step {state['step']}, "
           f"{target.stat().st_size / 1e6:.1f} MB, {extra.get('test_metrics', '')}")
     return target

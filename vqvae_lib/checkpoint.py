@@ -11,9 +11,10 @@ import importlib
 import os
 import pickle
 import re
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint",
     "save_checkpoint",
+    "write_atomically",
 ]
 
 FORMAT = "vqvae_lib.checkpoint/1"
@@ -85,18 +87,36 @@ def save_checkpoint(
         "rng_state": torch.get_rng_state(),
         "extra": extra or {},
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    return write_atomically(state, path, check=_refuse_unsafe_globals)
+
+
+def _refuse_unsafe_globals(written: Path) -> None:
+    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(written)
+    if unsafe:  # e.g. a NumPy scalar or a dataclass in `extra`: the file could never be loaded back
+        raise CheckpointError(
+            f"not saved: the checkpoint would hold {', '.join(unsafe)}, which load_checkpoint refuses; "
+            f"keep history and extra to tensors, numbers, strings and containers"
+        )
+
+
+def write_atomically(obj: Any, path: str | os.PathLike, check: Callable[[Path], None] | None = None) -> Path:
+    """``torch.save(obj)`` to ``path`` through a temporary file of its own in the same folder (flushed
+    to disk, then ``os.replace``-d over ``path``): an interrupt leaves the old file or the new one, never
+    half of one, and processes writing the same path never share a temporary file. ``check(temporary)``
+    may refuse the written file by raising, before it replaces anything. On any error the temporary file
+    is removed and the error raised."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # this process's own name (a random part too, for processes of other machines on a shared disk);
+    # opened like any new file, so it gets the usual permissions (mkstemp's are owner-only)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
+        with open(tmp, "xb") as f:
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(tmp)
-        if unsafe:  # e.g. a NumPy scalar or a dataclass in `extra`: the file could never be loaded back
-            raise CheckpointError(
-                f"not saved: the checkpoint would hold {', '.join(unsafe)}, which load_checkpoint refuses; "
-                f"keep history and extra to tensors, numbers, strings and containers"
-            )
+        if check is not None:
+            check(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

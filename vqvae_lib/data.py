@@ -328,11 +328,6 @@ def warn_failures(where: str, failures: dict[str, str], stacklevel: int = 2) -> 
                           stacklevel=stacklevel + 1)  # fmt: skip
 
 
-def warn_left_out(where: str, names: Sequence[str], stacklevel: int = 2) -> None:
-    """The one warning for image files left out as unreadable: how many, and the first five names."""
-    warn_failures(where, {name: "corrupt" for name in names}, stacklevel=stacklevel + 1)
-
-
 def printable(name: str) -> str:
     """A file name as it can be printed: bytes that are not UTF-8 (kept by Python as surrogates) as
     backslash escapes such as ``\\xe9``, since printing them as they are raises UnicodeEncodeError."""
@@ -346,7 +341,6 @@ def _size_tuple(image_size: int | Sequence[int] | None) -> tuple[int, int] | Non
         return (image_size, image_size)
     h, w = image_size
     return (int(h), int(w))
-
 
 
 # -- batches ---------------------------------------------------------------------------------------

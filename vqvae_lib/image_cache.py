@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .checkpoint import write_atomically
 from .paths import cache_dir
 
 __all__ = ["CACHE_FORMAT", "FOLDER_CACHE_ENV", "cache_enabled", "cache_path", "read_cache", "write_cache"]
@@ -87,18 +87,8 @@ def _check_cache(content: Any, size: tuple[int, int], channels: int) -> None:
 def write_cache(path: Path, content: dict[str, Any]) -> None:
     """Written to a temporary file of its own, then renamed: an interrupted write never leaves half a
     cache, and the processes of a distributed run, which all load the folder, never write into one file."""
-    temporary = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(handle)
-        temporary = Path(name)
-        torch.save(content, temporary)
-        os.replace(temporary, path)
-        temporary = None
+        write_atomically(content, path)
     except Exception as err:  # a read-only data root, a full disk: the images are loaded all the same
         warnings.warn(f"could not write the image cache {path} ({type(err).__name__}: {err}); the next load "
                       f"decodes again", stacklevel=5)  # fmt: skip
-    finally:
-        if temporary is not None:
-            temporary.unlink(missing_ok=True)

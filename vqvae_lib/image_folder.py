@@ -290,8 +290,7 @@ def _decode_files(
         if j is None:
             todo.append(i)
             continue
-        out.images[i], out.failed[i] = cached["images"][j], cached["failed"][j]
-        out.upright[i], out.grayscale[i] = cached["upright"][j], cached["grayscale"][j]
+        out.images[i], out.upright[i], out.grayscale[i] = cached["images"][j], cached["upright"][j], cached["grayscale"][j]
     out.from_cache = n - len(todo)
     if todo:
         decoded, failures = decode_many([lambda p=root / names[i]: p for i in todo], channels, size, root.name)
@@ -382,8 +381,9 @@ def load_files(
         if in_memory is None:
             warnings.warn(
                 f"{where}: {len(names):,} images at {channels or 3}x{size[0]}x{size[1]} need {_gib(need)} decoded, more "
-                f"than the {_gib(budget)} held in memory at most (a quarter of this machine's); they are decoded "
-                f"batch by batch instead, by worker processes (make_loader starts them). in_memory=True forces memory.",
+                f"than the {_gib(budget)} held in memory at most (a quarter of this machine's or container's); they "
+                f"are decoded batch by batch instead (make_loader starts worker processes for them on Linux; "
+                f"elsewhere pass num_workers). in_memory=True forces memory.",
                 stacklevel=3,
             )
         return _streamed(root, names, labels, classes, size, channels, name, split)
@@ -475,8 +475,8 @@ def _header_mode(path: Path) -> str:
         return "permission"
     except FileNotFoundError:
         return "vanished"
-    except _DECODE_ERRORS:
-        return "unsupported" if path.suffix.lower() in (".heic", ".heif", ".avif") else "corrupt"
+    except _DECODE_ERRORS:  # (a format this Python cannot read was answered above)
+        return "corrupt"
 
 
 # -- the lazy dataset -------------------------------------------------------------------------------
