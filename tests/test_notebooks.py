@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from run_notebooks import execute_notebook, notebook_paths  # noqa: E402
 
 NOTEBOOKS = notebook_paths()
-TRAINING = {"03", "04", "05", "06"}  # notebooks that train VQ-VAEs and must print test metrics
+TRAINING = {"03", "04", "05", "06", "09"}  # notebooks that train VQ-VAEs and must print test metrics
 EVAL_LINE = re.compile(r"step\s+(\d+) \|\s+[\d.]+ s training \| test mse ([\d.]+) nmse ([\d.]+)")
 SUMMARY_LINE = re.compile(r"test NMSE ([\d.]+) \| perplexity")
 # an absolute path of the machine that ran a notebook: a POSIX home, temp or mount folder, or a drive
@@ -38,7 +38,7 @@ def _pngs(nb) -> int:
 
 def test_the_series_is_complete():
     names = [p.name for p in NOTEBOOKS]
-    assert [n[:2] for n in names] == ["01", "02", "03", "04", "05", "06", "07", "08"], names
+    assert [n[:2] for n in names] == ["01", "02", "03", "04", "05", "06", "07", "08", "09"], names
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +77,15 @@ def test_notebook_runs_in_fast_mode(path: Path, run_dir: Path):
         priors = [(float(nll), float(log_k)) for nll, log_k in PRIOR_LINE.findall(text)]
         assert len(priors) == 3, "notebook 08 should report the MNIST, CIFAR10 and photo priors' test NLL"
         assert all(nll < log_k for nll, log_k in priors[:2]), priors
+    if path.name.startswith("09"):  # ten quantizer runs (five on MNIST, five on CIFAR10), each with a prior
+        assert len(re.findall(r"^\S.*: trained \d+ steps in", text, re.M)) == 10
+        assert len(re.findall(r"prior test NLL [\d.]+ bits per code", text)) == 10
     if path.name.startswith("07"):
         gifs = list((run_dir / "interpolations").glob("*.gif"))
         assert {g.stem for g in gifs} >= {"mnist_interpolation"}, gifs
 
 
-PRETRAINED = [p for p in NOTEBOOKS if p.name[:2] in {"04", "05", "06", "08"}]
+PRETRAINED = [p for p in NOTEBOOKS if p.name[:2] in {"04", "05", "06", "08", "09"}]
 
 
 @pytest.mark.notebooks

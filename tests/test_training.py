@@ -322,19 +322,24 @@ def test_every_vqvae_argument_is_reachable_from_a_train_config_and_the_command_l
         settings = {k: v for k, v in vars(q).items() if not k.startswith("_") and not isinstance(v, torch.Tensor)}
         return repr(model), type(q).__name__, sorted(settings.items()), model.downsample
 
-    base = TrainConfig.preset("mnist")
     changed = dict(in_channels=3, hidden_channels=32, num_residual_layers=1, residual_hidden_channels=8,
                    embedding_dim=4, num_embeddings=64, beta=0.5, downsample=2, ema=False, decay=0.9, eps=1e-3,
-                   data_init="random", dead_code_threshold=5)  # fmt: skip
+                   data_init="random", dead_code_threshold=5, quantizer="cosine", gradient="rotation",
+                   lookup_dim=4, levels=(4, 4, 8), stage_sizes=(4, 4, 8))  # fmt: skip
+    # fields that only act on one quantizer are compared with that quantizer on both sides
+    context = {"lookup_dim": dict(quantizer="cosine"), "levels": dict(quantizer="fsq", levels=(8, 4, 4)),
+               "stage_sizes": dict(quantizer="residual", stage_sizes=(8, 4, 4))}  # fmt: skip
     assert set(changed) == {f.name for f in dataclasses.fields(VQVAEConfig)}  # a new field needs a value here
     for name, value in changed.items():
-        cfg = TrainConfig.preset("mnist", **{name: value})
+        base = TrainConfig.preset("mnist", **context.get(name, {}))
+        cfg = TrainConfig.preset("mnist", **{**context.get(name, {}), name: value})
         assert getattr(cfg.model, name) == value != getattr(base.model, name), name
         model = cfg.build_model()
         assert model.config[name] == value, name
         # decay and eps act on the EMA codebook: compare with EMA on, as the preset has it
         assert described(model) != described(base.build_model()), f"{name} does not reach the model"
-        args = build_parser().parse_args(["--preset", "mnist", f"--{name.replace('_', '-')}", str(value)])
+        given = [f"--{k.replace('_', '-')}={v}" for k, v in context.get(name, {}).items() if k != name]
+        args = build_parser().parse_args(["--preset", "mnist", *given, f"--{name.replace('_', '-')}", str(value)])
         assert getattr(config_from_args(args).model, name) == value, f"--{name} does not reach the config"
     args = build_parser().parse_args(["--preset", "mnist", "--data-init", "none"])
     assert config_from_args(args).model.data_init is None  # "none" sets a field to None, not "not given"

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 HERE = REPO / "model_visualisation"  # where the thumbnails go
 NOTEBOOKS = REPO / "notebooks"
 # which PNG output (in order of appearance) is each notebook's key figure
-KEY_FIGURE = {"01": 0, "02": 0, "03": 0, "04": 3, "05": 2, "06": 3, "07": 0, "08": 3}
+KEY_FIGURE = {"01": 0, "02": 0, "03": 0, "04": 3, "05": 2, "06": 3, "07": 0, "08": 3, "09": 4}
 
 
 def main(width: int = 480) -> None:

@@ -165,7 +165,9 @@ class Checkpoint:
         target = unwrap(model)
         if type(target) is not cls:
             raise CheckpointError(f"{self.path} holds a {cls.__name__}, not a {type(target).__name__}")
-        own, stored = dict(getattr(target, "config", {})), self.model_config
+        # a field added to the class after the file was written counts as its default there
+        defaults = cls.config_defaults() if hasattr(cls, "config_defaults") else {}
+        own, stored = dict(getattr(target, "config", {})), {**defaults, **self.model_config}
         diffs = {k: (stored.get(k), own.get(k)) for k in set(stored) | set(own) if stored.get(k) != own.get(k)}
         if diffs:
             lines = "\n".join(f"  {k}: checkpoint {a!r}, model {b!r}" for k, (a, b) in sorted(diffs.items()))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import types
 from pathlib import Path
@@ -60,6 +61,8 @@ def _field_type(field: dataclasses.Field) -> Any:
     name = str(field.type)
     if "bool" in name:
         return _parse_bool
+    if name.startswith("tuple"):  # --levels 8,8,8 (FSQ) or --stage-sizes 8,8,8 (residual VQ)
+        return lambda s: tuple(int(n) for n in re.findall(r"\d+", s))
     if "int" in name:
         return lambda s: None if s.lower() == "none" else int(s)
     if "float" in name:

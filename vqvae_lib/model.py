@@ -12,16 +12,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .quantizer import QuantizerOutput, VectorQuantizer, VectorQuantizerEMA
+from .fsq import FiniteScalarQuantizer
+from .quantizer import GRADIENTS, QuantizerOutput, VectorQuantizer, VectorQuantizerEMA
+from .residual_vq import ResidualVectorQuantizer
 from .runtime import eval_mode
 
-__all__ = ["ResidualBlock", "ResidualStack", "Encoder", "Decoder", "VQVAEConfig", "VQVAE", "loss_terms"]
+__all__ = [
+    "ResidualBlock", "ResidualStack", "Encoder", "Decoder", "VQVAEConfig", "VQVAE", "QUANTIZERS", "build_quantizer",
+    "loss_terms",
+]  # fmt: skip
+
+QUANTIZERS = ("vq", "cosine", "fsq", "residual")
+Quantizer = Union[VectorQuantizer, VectorQuantizerEMA, FiniteScalarQuantizer, ResidualVectorQuantizer]
 
 
 class ResidualBlock(nn.Module):
@@ -148,6 +156,21 @@ class VQVAEConfig:
             :class:`VectorQuantizer` (codebook by gradient).
         decay, eps: EMA settings (ignored unless ``ema``).
         data_init, dead_code_threshold: codebook health, see :class:`VectorQuantizer`.
+        quantizer: which bottleneck (all return the same :class:`QuantizerOutput`, with ``indices`` in
+            ``[0, num_embeddings)``):
+
+            * ``"vq"``: the paper's (with ``ema``, the codebook by moving averages);
+            * ``"cosine"``: the same with factorised, l2-normalised codes of length ``lookup_dim``;
+            * ``"fsq"``: finite scalar quantization with ``levels`` (no codebook to learn, so ``ema``,
+              ``decay``, ``eps``, ``data_init`` and ``dead_code_threshold`` do not apply, and its
+              codebook and commitment losses are zero); ``prod(levels)`` must equal ``num_embeddings``;
+            * ``"residual"``: one codebook per entry of ``stage_sizes``, each quantizing what the ones
+              before it missed; ``prod(stage_sizes)`` must equal ``num_embeddings``.
+        gradient: ``"straight_through"`` (the paper) or ``"rotation"`` (the rotation trick), for the
+            quantizers with code vectors (not FSQ, whose rounding is straight-through by definition).
+        lookup_dim: the length of the cosine quantizer's codes.
+        levels: FSQ's number of values per scalar, e.g. ``(8, 8, 8)``.
+        stage_sizes: residual VQ's codes per stage, e.g. ``(8, 8, 8)``.
     """
 
     in_channels: int = 1
@@ -163,6 +186,41 @@ class VQVAEConfig:
     eps: float = 1e-5
     data_init: str | None = None
     dead_code_threshold: int = 0
+    quantizer: str = "vq"
+    gradient: str = "straight_through"
+    lookup_dim: int = 8
+    levels: tuple[int, ...] = ()
+    stage_sizes: tuple[int, ...] = ()
+
+
+def build_quantizer(c: VQVAEConfig) -> Quantizer:
+    """The quantizer a :class:`VQVAEConfig` names, checked for a consistent number of codes."""
+    if c.quantizer not in QUANTIZERS:
+        raise ValueError(f"quantizer must be one of {QUANTIZERS}, not {c.quantizer!r}")
+    if c.gradient not in GRADIENTS:
+        raise ValueError(f"gradient must be one of {GRADIENTS}, not {c.gradient!r}")
+    factors = {"fsq": ("levels", c.levels), "residual": ("stage_sizes", c.stage_sizes)}.get(c.quantizer)
+    if factors is not None:
+        name, sizes = factors
+        if not sizes or math.prod(sizes) != c.num_embeddings:
+            raise ValueError(
+                f"quantizer={c.quantizer!r} needs {name} whose product is num_embeddings={c.num_embeddings}, "
+                f"got {name}={tuple(sizes)}; e.g. {name}=(8, 8, 8) with num_embeddings=512"
+            )
+    if c.quantizer == "fsq":
+        if c.gradient != "straight_through":
+            raise ValueError("FSQ rounds scalars with a straight-through gradient by definition; use gradient='straight_through'")
+        return FiniteScalarQuantizer(c.levels, c.embedding_dim, c.beta)
+    if c.quantizer == "residual":
+        return ResidualVectorQuantizer(
+            c.stage_sizes, c.embedding_dim, c.beta, c.ema, c.decay, c.eps, c.data_init, c.dead_code_threshold, c.gradient
+        )
+    lookup = dict(gradient=c.gradient, lookup_dim=c.lookup_dim if c.quantizer == "cosine" else None)
+    if c.ema:
+        return VectorQuantizerEMA(
+            c.num_embeddings, c.embedding_dim, c.beta, c.decay, c.eps, c.data_init, c.dead_code_threshold, **lookup
+        )
+    return VectorQuantizer(c.num_embeddings, c.embedding_dim, c.beta, c.data_init, c.dead_code_threshold, **lookup)
 
 
 class VQVAE(nn.Module):
@@ -177,22 +235,24 @@ class VQVAE(nn.Module):
     def __init__(self, config: VQVAEConfig | None = None, **overrides: Any) -> None:
         super().__init__()
         c = replace(config or VQVAEConfig(), **overrides)
+        # lists from JSON or a caller become tuples, so that a config compares equal to its saved copy
+        c = replace(c, levels=tuple(int(n) for n in c.levels), stage_sizes=tuple(int(k) for k in c.stage_sizes))
         self.config: dict[str, Any] = asdict(c)
         self.downsample = c.downsample
         self.encoder = Encoder(
             c.in_channels, c.hidden_channels, c.num_residual_layers, c.residual_hidden_channels, c.embedding_dim,
             c.downsample,
         )  # fmt: skip
-        if c.ema:
-            self.quantizer: VectorQuantizer | VectorQuantizerEMA = VectorQuantizerEMA(
-                c.num_embeddings, c.embedding_dim, c.beta, c.decay, c.eps, c.data_init, c.dead_code_threshold
-            )
-        else:
-            self.quantizer = VectorQuantizer(c.num_embeddings, c.embedding_dim, c.beta, c.data_init, c.dead_code_threshold)
+        self.quantizer: Quantizer = build_quantizer(c)
         self.decoder = Decoder(
             c.in_channels, c.hidden_channels, c.num_residual_layers, c.residual_hidden_channels, c.embedding_dim,
             c.downsample,
         )  # fmt: skip
+
+    @staticmethod
+    def config_defaults() -> dict[str, Any]:
+        """Every config field's default: what a checkpoint written before a field existed meant by it."""
+        return asdict(VQVAEConfig())
 
     @property
     def beta(self) -> float:

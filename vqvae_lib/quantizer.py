@@ -30,10 +30,16 @@ __all__ = [
     "QuantizerOutput",
     "VectorQuantizer",
     "VectorQuantizerEMA",
+    "CodeUsage",
+    "GRADIENTS",
+    "straight_through",
+    "rotation_trick",
     "squared_distances",
     "nearest_code",
     "kmeans",
 ]
+
+GRADIENTS = ("straight_through", "rotation")
 
 
 class QuantizerOutput(NamedTuple):
@@ -116,7 +122,75 @@ def _sample_rows(n: int, k: int, device: torch.device, generator: torch.Generato
     return torch.randint(n, (k,), generator=generator).to(device)
 
 
-class _QuantizerBase(nn.Module):
+def straight_through(z: Tensor, code: Tensor) -> Tensor:
+    """``z + sg[code - z]``: the value of ``code``, the gradient of the identity to ``z`` (paper, eq. 3's
+    estimator). Both ``(N, D)``; ``code`` receives no gradient."""
+    return z + (code - z).detach()
+
+
+def rotation_trick(z: Tensor, code: Tensor, eps: float = 1e-12) -> Tensor:
+    """The rotation trick (Fifty et al. 2024, arXiv 2410.06424, section 4): ``sg[lambda R] z``.
+
+    ``R`` is the rotation that turns ``z``'s direction into ``code``'s (in the plane the two span), and
+    ``lambda = ||code|| / ||z||``, both treated as constants. With ``u = z/||z||``, ``q = code/||code||``
+    and ``r = (u + q)/||u + q||``::
+
+        R = I - 2 r r^T + 2 q u^T,     R u = q,     so   lambda R z = code   (the forward value).
+
+    The gradient reaching ``z`` is ``lambda R^T g`` instead of the straight-through ``g``: rotated by
+    the angle between encoder output and code, and scaled by their length ratio, so it tells the
+    encoder where its output sits relative to the code. ``R`` is applied as two dot products per row
+    (``O(N D)``), never formed as a ``D x D`` matrix. Rows ``(N, D)``; ``code`` receives no gradient.
+    """
+    z_norm = z.detach().norm(dim=1, keepdim=True).clamp_min(eps)
+    code_norm = code.detach().norm(dim=1, keepdim=True)
+    u = z.detach() / z_norm
+    q = code.detach() / code_norm.clamp_min(eps)
+    # u = -q leaves r = 0 and R = I + 2 q u^T, which still maps u to q: the formula needs no special case
+    r = F.normalize(u + q, dim=1, eps=eps)
+    rotated = z - 2 * r * (r * z).sum(dim=1, keepdim=True) + 2 * q * (u * z).sum(dim=1, keepdim=True)
+    return (code_norm / z_norm) * rotated
+
+
+def batch_perplexity(counts: Tensor) -> Tensor:
+    """``exp(entropy)`` of code counts ``(K,)``: 1 for one code, ``K`` for uniform use."""
+    probs = counts.float() / counts.sum().clamp_min(1)
+    return torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())
+
+
+class CodeUsage(nn.Module):
+    """How often each of ``num_embeddings`` codes was chosen in training: shared by every quantizer.
+
+    ``usage_counts`` counts choices since ``reset_usage()``; ``steps_unused`` counts the training steps
+    since each code was last chosen (what dead-code restarts read).
+    """
+
+    def __init__(self, num_embeddings: int) -> None:
+        super().__init__()
+        if num_embeddings < 1:
+            raise ValueError("num_embeddings must be positive")
+        self.num_embeddings = num_embeddings
+        self.register_buffer("usage_counts", torch.zeros(num_embeddings, dtype=torch.long))
+        self.register_buffer("steps_unused", torch.zeros(num_embeddings, dtype=torch.long))
+
+    def codes_used(self) -> int:
+        """How many distinct codes were chosen in training since the last ``reset_usage()``."""
+        return int((self.usage_counts > 0).sum())
+
+    def usage_histogram(self) -> Tensor:
+        """``(K,)`` counts of how often each code was chosen in training since ``reset_usage()``."""
+        return self.usage_counts.detach().cpu().clone()
+
+    def reset_usage(self) -> None:
+        self.usage_counts.zero_()
+
+    @torch.no_grad()
+    def _track_usage(self, counts: Tensor) -> None:
+        self.usage_counts += counts
+        self.steps_unused = torch.where(counts > 0, torch.zeros_like(self.steps_unused), self.steps_unused + 1)
+
+
+class _QuantizerBase(CodeUsage):
     """Shared machinery: nearest-code search, straight-through estimator, codebook health.
 
     Codebook health, all off by default so that the plain quantizer is the paper's:
@@ -131,6 +205,16 @@ class _QuantizerBase(nn.Module):
 
     Under ``torch.distributed`` the statistics are summed over ranks and new code vectors are
     broadcast from rank 0, so every rank keeps the same codebook.
+
+    Two later refinements, both off by default:
+
+    * ``gradient="rotation"``: the rotation trick (:func:`rotation_trick`) instead of the
+      straight-through identity carries the decoder's gradient to the encoder.
+    * ``lookup_dim=d``: factorised, l2-normalised codes (Yu et al. 2022, ViT-VQGAN, arXiv 2110.04627,
+      section 3.2): a linear map takes each ``D``-vector to ``d`` dimensions, it is l2-normalised and
+      matched to the l2-normalised codes (nearest in Euclidean distance between unit vectors is
+      nearest in cosine), and a second linear map takes the chosen code back to ``D``. The codebook is
+      then ``(K, d)``, and the losses are measured between unit vectors.
     """
 
     codebook: Tensor
@@ -143,23 +227,32 @@ class _QuantizerBase(nn.Module):
         data_init: str | None,
         dead_code_threshold: int,
         kmeans_iterations: int = 10,
+        gradient: str = "straight_through",
+        lookup_dim: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_embeddings)
+        if gradient not in GRADIENTS:
+            raise ValueError(f"gradient must be one of {GRADIENTS}, not {gradient!r}")
+        if lookup_dim is not None and lookup_dim < 1:
+            raise ValueError("lookup_dim must be positive (or None for the plain Euclidean lookup)")
         if num_embeddings < 1 or embedding_dim < 1:
             raise ValueError("num_embeddings and embedding_dim must be positive")
         if data_init not in (None, "kmeans", "random"):
             raise ValueError(f"data_init must be None, 'kmeans' or 'random', not {data_init!r}")
         if dead_code_threshold < 0:
             raise ValueError("dead_code_threshold must be >= 0 (0 disables dead-code restarts)")
-        self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
+        self.gradient = gradient
+        self.lookup_dim = lookup_dim
+        self.code_dim = lookup_dim or embedding_dim  # the length of a codebook row
+        if lookup_dim is not None:
+            self.project_in = nn.Linear(embedding_dim, lookup_dim)
+            self.project_out = nn.Linear(lookup_dim, embedding_dim)
         self.beta = float(beta)
         self.data_init = data_init
         self.dead_code_threshold = int(dead_code_threshold)
         self.kmeans_iterations = kmeans_iterations
         self.register_buffer("initialised", torch.tensor(data_init is None))
-        self.register_buffer("usage_counts", torch.zeros(num_embeddings, dtype=torch.long))
-        self.register_buffer("steps_unused", torch.zeros(num_embeddings, dtype=torch.long))
         self.restarted_codes = 0  # total number of dead-code restarts, for logging
 
     # -- codebook access ---------------------------------------------------------------------
@@ -167,15 +260,32 @@ class _QuantizerBase(nn.Module):
         """Overwrite codebook rows (and any statistics attached to them)."""
         raise NotImplementedError
 
+    def codes(self) -> Tensor:
+        """``(K, code_dim)``: the vectors the lookup compares with (the codebook, l2-normalised with
+        ``lookup_dim``)."""
+        return F.normalize(self.codebook, dim=1) if self.lookup_dim else self.codebook
+
+    def _to_lookup(self, flat: Tensor) -> Tensor:
+        """``(N, D)`` encoder vectors -> ``(N, code_dim)`` vectors in the space the codes live in."""
+        return F.normalize(self.project_in(flat), dim=1) if self.lookup_dim else flat
+
+    def _from_lookup(self, flat: Tensor) -> Tensor:
+        return self.project_out(flat) if self.lookup_dim else flat
+
+    def _lookup_rows(self, z_e: Tensor) -> Tensor:
+        """``(B, D, H, W)`` encoder outputs, or ``(N, code_dim)`` rows already in lookup space."""
+        return self._to_lookup(self._flatten(z_e)) if z_e.dim() == 4 else z_e
+
     def indices_to_latents(self, indices: Tensor) -> Tensor:
         """Look up codes: ``(B, H, W)`` long -> ``(B, D, H, W)``."""
-        return F.embedding(indices, self.codebook).permute(0, 3, 1, 2).contiguous()
+        return self._from_lookup(F.embedding(indices, self.codes())).permute(0, 3, 1, 2).contiguous()
 
     # -- codebook health ---------------------------------------------------------------------
     @torch.no_grad()
     def init_from_data(self, z_e: Tensor, method: str = "kmeans") -> None:
-        """Set every code from encoder outputs ``z_e`` (``(B, D, H, W)`` or ``(N, D)``)."""
-        flat = self._flatten(z_e).detach().float() if z_e.dim() == 4 else z_e.detach().float()
+        """Set every code from encoder outputs ``z_e`` (``(B, D, H, W)``, or ``(N, code_dim)`` rows in
+        lookup space)."""
+        flat = self._lookup_rows(z_e).detach().float()
         flat = all_gather_rows(flat)  # distributed: initialise from the whole global batch
         if flat.shape[0] < self.num_embeddings:
             warnings.warn(
@@ -204,29 +314,13 @@ class _QuantizerBase(nn.Module):
         dead = torch.nonzero(self.steps_unused >= threshold).flatten()
         if dead.numel() == 0:
             return 0
-        flat = all_gather_rows(self._flatten(z_e).detach() if z_e.dim() == 4 else z_e.detach())
+        flat = all_gather_rows(self._lookup_rows(z_e).detach())
         vectors = flat[_sample_rows(flat.shape[0], dead.numel(), flat.device, None)]
         vectors = broadcast(vectors.to(self.codebook.dtype).contiguous())
         self._set_codes(dead, vectors)
         self.steps_unused[dead] = 0
         self.restarted_codes += int(dead.numel())
         return int(dead.numel())
-
-    def codes_used(self) -> int:
-        """How many distinct codes were chosen in training since the last ``reset_usage()``."""
-        return int((self.usage_counts > 0).sum())
-
-    def usage_histogram(self) -> Tensor:
-        """``(K,)`` counts of how often each code was chosen in training since ``reset_usage()``."""
-        return self.usage_counts.detach().cpu().clone()
-
-    def reset_usage(self) -> None:
-        self.usage_counts.zero_()
-
-    @torch.no_grad()
-    def _track_usage(self, counts: Tensor) -> None:
-        self.usage_counts += counts
-        self.steps_unused = torch.where(counts > 0, torch.zeros_like(self.steps_unused), self.steps_unused + 1)
 
     # -- the forward pass --------------------------------------------------------------------
     def _flatten(self, z_e: Tensor) -> Tensor:
@@ -243,40 +337,40 @@ class _QuantizerBase(nn.Module):
         return F.mse_loss(quantized, flat.detach())
 
     def forward(self, z_e: Tensor) -> QuantizerOutput:
-        flat = self._flatten(z_e)
+        flat = self._to_lookup(self._flatten(z_e))
         b, _, h, w = z_e.shape
         if self.training:
             if not bool(self.initialised):
                 self.init_from_data(flat, self.data_init or "random")
             self.restart_dead_codes(flat)
 
+        codes = self.codes()
         # The search runs without autograd: argmin has no gradient, and skipping the graph saves
         # the (N, K) distance matrix from being kept for backward.
         with torch.no_grad():
-            indices = nearest_code(flat.detach().to(self.codebook.dtype), self.codebook)
+            indices = nearest_code(flat.detach().to(codes.dtype), codes)
             counts = torch.bincount(indices, minlength=self.num_embeddings)
             if self.training:  # usage and EMA statistics are global; evaluation stays per process
                 counts = all_reduce_sum(counts)
-        quantized = F.embedding(indices, self.codebook).to(flat.dtype)
+        quantized = F.embedding(indices, codes).to(flat.dtype)
         if self.training:
             self._track_usage(counts)
             self._update_codebook(flat, indices, counts)
 
         codebook_loss = self._codebook_loss(flat, quantized)
         commitment_loss = F.mse_loss(flat, quantized.detach())
-        # Straight-through: forward value is the code, backward is the identity to z_e.
-        z_q_flat = flat + (quantized - flat).detach()
-
-        probs = counts.float() / counts.sum().clamp_min(1)
-        perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())
+        # forward value: the code; backward: the identity (or the rotation) to the encoder output
+        carry = rotation_trick if self.gradient == "rotation" else straight_through
+        z_q_flat = self._from_lookup(carry(flat, quantized))
 
         z_q = z_q_flat.view(b, h, w, self.embedding_dim).permute(0, 3, 1, 2)
-        return QuantizerOutput(z_q, indices.view(b, h, w), codebook_loss, commitment_loss, perplexity)
+        return QuantizerOutput(z_q, indices.view(b, h, w), codebook_loss, commitment_loss, batch_perplexity(counts))
 
     def extra_repr(self) -> str:
         return (
             f"K={self.num_embeddings}, D={self.embedding_dim}, beta={self.beta}, "
-            f"data_init={self.data_init}, dead_code_threshold={self.dead_code_threshold}"
+            f"data_init={self.data_init}, dead_code_threshold={self.dead_code_threshold}, gradient={self.gradient}"
+            + (f", lookup_dim={self.lookup_dim} (cosine)" if self.lookup_dim else "")
         )
 
 
@@ -290,6 +384,8 @@ class VectorQuantizer(_QuantizerBase):
         data_init: ``None`` (uniform ``U(-1/K, 1/K)`` init, as in the reference code), ``"kmeans"``
             or ``"random"`` (set from the first training batch of encoder outputs).
         dead_code_threshold: restart codes unused for this many training steps (0: never).
+        gradient: ``"straight_through"`` (the paper) or ``"rotation"`` (:func:`rotation_trick`).
+        lookup_dim: ``None`` (the paper's lookup), or ``d`` for factorised cosine codes of length ``d``.
 
     Input ``z_e`` ``(B, D, H, W)``; output :class:`QuantizerOutput`. The codebook is an
     ``nn.Parameter`` that receives gradient from ``codebook_loss`` alone.
@@ -302,10 +398,14 @@ class VectorQuantizer(_QuantizerBase):
         beta: float = 0.25,
         data_init: str | None = None,
         dead_code_threshold: int = 0,
+        gradient: str = "straight_through",
+        lookup_dim: int | None = None,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, beta, data_init, dead_code_threshold)
+        super().__init__(
+            num_embeddings, embedding_dim, beta, data_init, dead_code_threshold, gradient=gradient, lookup_dim=lookup_dim
+        )
         bound = 1.0 / num_embeddings
-        self.codebook = nn.Parameter(torch.empty(num_embeddings, embedding_dim).uniform_(-bound, bound))
+        self.codebook = nn.Parameter(torch.empty(num_embeddings, self.code_dim).uniform_(-bound, bound))
 
     @torch.no_grad()
     def _set_codes(self, rows: Tensor, vectors: Tensor) -> None:
@@ -327,7 +427,8 @@ class VectorQuantizerEMA(_QuantizerBase):
     codes, so that the first update is a weighted mean rather than a jump.
 
     ``codebook_loss`` is still returned, detached, so the curves show how far codes sit from the
-    encoder outputs; adding it to a total changes no gradient.
+    encoder outputs; adding it to a total changes no gradient. With ``lookup_dim`` the averages are of
+    unit vectors, and the lookup normalises each mean again (spherical k-means, one step at a time).
     """
 
     def __init__(
@@ -339,13 +440,17 @@ class VectorQuantizerEMA(_QuantizerBase):
         eps: float = 1e-5,
         data_init: str | None = None,
         dead_code_threshold: int = 0,
+        gradient: str = "straight_through",
+        lookup_dim: int | None = None,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, beta, data_init, dead_code_threshold)
+        super().__init__(
+            num_embeddings, embedding_dim, beta, data_init, dead_code_threshold, gradient=gradient, lookup_dim=lookup_dim
+        )
         if not 0.0 <= decay < 1.0:
             raise ValueError("decay must be in [0, 1)")
         self.decay = float(decay)
         self.eps = float(eps)
-        codebook = torch.randn(num_embeddings, embedding_dim)
+        codebook = torch.randn(num_embeddings, self.code_dim)
         self.register_buffer("codebook", codebook)
         self.register_buffer("ema_cluster_size", torch.ones(num_embeddings))
         self.register_buffer("ema_embed_sum", codebook.clone())
