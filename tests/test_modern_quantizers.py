@@ -70,13 +70,14 @@ def test_fsq_index_is_a_bijection_onto_the_grid(levels):
     codes = fsq.indices_to_codes(torch.arange(k))
     assert codes.shape == (k, len(levels))
     assert torch.unique(codes, dim=0).shape[0] == k  # K distinct grid points
-    assert torch.equal(fsq.codes_to_indices(codes), torch.arange(k))
+    assert torch.equal(fsq.codes_to_indices(codes), torch.arange(k))  # exact: integer digits
     # digit 0 varies fastest: index 1 moves only the first scalar
     assert torch.equal((codes[1] != codes[0]).nonzero().flatten(), torch.tensor([0]))
     # every point the rounding can produce is one of them
     z = torch.randn(2048, len(levels)) * 3
     idx = fsq.codes_to_indices(fsq.quantize_scalars(z))
     assert idx.min() >= 0 and idx.max() < k
+    # two float32 routes to the same grid point (a division each): within a rounding, far below the spacing
     torch.testing.assert_close(fsq.indices_to_codes(idx), fsq.quantize_scalars(z), rtol=0, atol=1e-6)
 
 
@@ -88,6 +89,7 @@ def test_fsq_gradient_is_straight_through_the_rounding():
     with torch.no_grad():
         bounded.copy_(z)
     (fsq.bound(bounded) / fsq._half_width).sum().backward()  # the same map without the rounding
+    # the same float64 operations in the same order: equal up to assert_close's float64 defaults (1e-7)
     torch.testing.assert_close(z.grad, bounded.grad)
     assert (z.grad > 0).all()
 
@@ -159,7 +161,8 @@ def test_cosine_lookup_is_exact_against_brute_force(cls):
     clear = top2[:, 0] - top2[:, 1] > 1e-5
     assert clear.float().mean() > 0.95
     assert torch.equal(out.indices.flatten()[clear], cos.argmax(dim=1)[clear])
-    # z_q is the chosen unit code, mapped back to D channels
+    # z_q is the chosen unit code, mapped back to D channels: the same float32 operations, so equal to
+    # assert_close's float32 defaults (rtol 1.3e-6), which the straight-through addition stays within
     expected = q.project_out(F.normalize(q.codebook, dim=1)[out.indices.flatten()])
     torch.testing.assert_close(out.z_q.permute(0, 2, 3, 1).reshape(-1, 16), expected)
 
@@ -183,7 +186,9 @@ def test_residual_stages_sum_to_the_quantized_latent():
         residual -= book[k]
     packed = parts[0] + 8 * parts[1] + 32 * parts[2]
     assert torch.equal(out.indices.flatten(), packed)
+    # float32 sums of three codes against float64: a few roundings of numbers of size ~5, so 1e-5
     torch.testing.assert_close(out.z_q.permute(0, 2, 3, 1).reshape(-1, 6).double(), total, rtol=1e-5, atol=1e-6)
+    # the same three float32 look-ups summed, once through straight-through's (z + (q - z)): one rounding
     torch.testing.assert_close(rvq.indices_to_latents(out.indices), out.z_q, rtol=1e-6, atol=1e-6)
     assert torch.equal(rvq.pack(rvq.stage_indices(torch.arange(128))), torch.arange(128))
     # more stages, smaller error: each one takes away part of the residual
