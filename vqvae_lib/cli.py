@@ -57,12 +57,20 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
+def _parse_int_tuple(text: str) -> tuple[int, ...]:
+    """``8,8,8``, ``8x8x8`` or ``(8, 8, 8)`` -> ``(8, 8, 8)``; anything else is refused."""
+    parts = [p.strip() for p in re.split(r"[,x]", text.strip().strip("()[]")) if p.strip()]
+    if not parts or not all(re.fullmatch(r"\d+", p) for p in parts):
+        raise argparse.ArgumentTypeError(f"expected positive integers such as 8,8,8, not {text!r}")
+    return tuple(int(p) for p in parts)
+
+
 def _field_type(field: dataclasses.Field) -> Any:
     name = str(field.type)
     if "bool" in name:
         return _parse_bool
     if name.startswith("tuple"):  # --levels 8,8,8 (FSQ) or --stage-sizes 8,8,8 (residual VQ)
-        return lambda s: tuple(int(n) for n in re.findall(r"\d+", s))
+        return _parse_int_tuple
     if "int" in name:
         return lambda s: None if s.lower() == "none" else int(s)
     if "float" in name:

@@ -141,15 +141,25 @@ def rotation_trick(z: Tensor, code: Tensor, eps: float = 1e-12) -> Tensor:
     the angle between encoder output and code, and scaled by their length ratio, so it tells the
     encoder where its output sits relative to the code. ``R`` is applied as two dot products per row
     (``O(N D)``), never formed as a ``D x D`` matrix. Rows ``(N, D)``; ``code`` receives no gradient.
+
+    The directions and lengths are computed in at least float32 whatever ``z``'s dtype, and the result is
+    corrected towards the code (``out + sg[code - out]``, which changes no gradient), so that in float16
+    or bfloat16 the forward value is the code to within one rounding, as with :func:`straight_through`. A row with ``||z|| <= eps`` has no direction
+    to rotate from; it gets the straight-through gradient.
     """
-    z_norm = z.detach().norm(dim=1, keepdim=True).clamp_min(eps)
-    code_norm = code.detach().norm(dim=1, keepdim=True)
-    u = z.detach() / z_norm
-    q = code.detach() / code_norm.clamp_min(eps)
+    work = torch.promote_types(z.dtype, torch.float32)  # float16/bfloat16 -> float32; float64 stays
+    zf, cf = z.detach().to(work), code.detach().to(work)
+    z_norm, code_norm = zf.norm(dim=1, keepdim=True), cf.norm(dim=1, keepdim=True)
+    has_direction = z_norm > eps
+    u = zf / z_norm.clamp_min(eps)
+    q = cf / code_norm.clamp_min(eps)
     # u = -q leaves r = 0 and R = I + 2 q u^T, which still maps u to q: the formula needs no special case
     r = F.normalize(u + q, dim=1, eps=eps)
+    scale = torch.where(has_direction, code_norm / z_norm.clamp_min(eps), torch.ones_like(z_norm))
+    r, u, q, scale = (t.to(z.dtype) for t in (r, u, q, scale))
     rotated = z - 2 * r * (r * z).sum(dim=1, keepdim=True) + 2 * q * (u * z).sum(dim=1, keepdim=True)
-    return (code_norm / z_norm) * rotated
+    out = scale * torch.where(has_direction, rotated, z)
+    return out + (code - out).detach()
 
 
 def batch_perplexity(counts: Tensor) -> Tensor:
@@ -272,9 +282,12 @@ class _QuantizerBase(CodeUsage):
     def _from_lookup(self, flat: Tensor) -> Tensor:
         return self.project_out(flat) if self.lookup_dim else flat
 
-    def _lookup_rows(self, z_e: Tensor) -> Tensor:
-        """``(B, D, H, W)`` encoder outputs, or ``(N, code_dim)`` rows already in lookup space."""
-        return self._to_lookup(self._flatten(z_e)) if z_e.dim() == 4 else z_e
+    def _lookup_rows(self, z_e: Tensor, in_lookup_space: bool) -> Tensor:
+        """``(B, D, H, W)`` encoder outputs or ``(N, D)`` encoder rows -> rows in lookup space; rows that
+        are there already (``in_lookup_space``, what the forward pass hands over) pass unchanged."""
+        if z_e.dim() == 4:
+            return self._to_lookup(self._flatten(z_e))
+        return z_e if in_lookup_space else self._to_lookup(z_e)
 
     def indices_to_latents(self, indices: Tensor) -> Tensor:
         """Look up codes: ``(B, H, W)`` long -> ``(B, D, H, W)``."""
@@ -282,10 +295,9 @@ class _QuantizerBase(CodeUsage):
 
     # -- codebook health ---------------------------------------------------------------------
     @torch.no_grad()
-    def init_from_data(self, z_e: Tensor, method: str = "kmeans") -> None:
-        """Set every code from encoder outputs ``z_e`` (``(B, D, H, W)``, or ``(N, code_dim)`` rows in
-        lookup space)."""
-        flat = self._lookup_rows(z_e).detach().float()
+    def init_from_data(self, z_e: Tensor, method: str = "kmeans", *, in_lookup_space: bool = False) -> None:
+        """Set every code from encoder outputs ``z_e`` (``(B, D, H, W)`` or ``(N, D)``)."""
+        flat = self._lookup_rows(z_e, in_lookup_space).detach().float()
         flat = all_gather_rows(flat)  # distributed: initialise from the whole global batch
         if flat.shape[0] < self.num_embeddings:
             warnings.warn(
@@ -306,7 +318,7 @@ class _QuantizerBase(CodeUsage):
         self.initialised.fill_(True)
 
     @torch.no_grad()
-    def restart_dead_codes(self, z_e: Tensor, threshold: int | None = None) -> int:
+    def restart_dead_codes(self, z_e: Tensor, threshold: int | None = None, *, in_lookup_space: bool = False) -> int:
         """Re-seed codes unused for ``threshold`` steps from random rows of ``z_e``; returns how many."""
         threshold = self.dead_code_threshold if threshold is None else threshold
         if threshold <= 0:
@@ -314,7 +326,7 @@ class _QuantizerBase(CodeUsage):
         dead = torch.nonzero(self.steps_unused >= threshold).flatten()
         if dead.numel() == 0:
             return 0
-        flat = all_gather_rows(self._lookup_rows(z_e).detach())
+        flat = all_gather_rows(self._lookup_rows(z_e, in_lookup_space).detach())
         vectors = flat[_sample_rows(flat.shape[0], dead.numel(), flat.device, None)]
         vectors = broadcast(vectors.to(self.codebook.dtype).contiguous())
         self._set_codes(dead, vectors)
@@ -341,8 +353,8 @@ class _QuantizerBase(CodeUsage):
         b, _, h, w = z_e.shape
         if self.training:
             if not bool(self.initialised):
-                self.init_from_data(flat, self.data_init or "random")
-            self.restart_dead_codes(flat)
+                self.init_from_data(flat, self.data_init or "random", in_lookup_space=True)
+            self.restart_dead_codes(flat, in_lookup_space=True)
 
         codes = self.codes()
         # The search runs without autograd: argmin has no gradient, and skipping the graph saves
@@ -404,8 +416,11 @@ class VectorQuantizer(_QuantizerBase):
         super().__init__(
             num_embeddings, embedding_dim, beta, data_init, dead_code_threshold, gradient=gradient, lookup_dim=lookup_dim
         )
-        bound = 1.0 / num_embeddings
-        self.codebook = nn.Parameter(torch.empty(num_embeddings, self.code_dim).uniform_(-bound, bound))
+        if lookup_dim is None:
+            bound = 1.0 / num_embeddings
+            self.codebook = nn.Parameter(torch.empty(num_embeddings, self.code_dim).uniform_(-bound, bound))
+        else:  # unit codes: U(-1/K, 1/K) codes would be ~0.01 long, and normalising them amplifies every step
+            self.codebook = nn.Parameter(F.normalize(torch.randn(num_embeddings, self.code_dim), dim=1))
 
     @torch.no_grad()
     def _set_codes(self, rows: Tensor, vectors: Tensor) -> None:

@@ -19,7 +19,9 @@ import torch
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 from torch import Tensor, nn
 
+from .fsq import FiniteScalarQuantizer
 from .model import VQVAE, ResidualStack
+from .residual_vq import ResidualVectorQuantizer
 from .runtime import eval_mode
 
 __all__ = ["Stage", "trace_stages", "summary_table", "draw_architecture", "draw_codebook", "code_patches"]
@@ -73,17 +75,33 @@ def trace_stages(model: VQVAE, image_shape: tuple[int, int, int]) -> list[Stage]
             h.remove()
     for s in stages:
         if s.part == "quantizer":
-            k, d = model.quantizer.num_embeddings, model.quantizer.embedding_dim
-            s.name, s.parameters = f"nearest code ({k} x {d} codebook)", k * d
+            s.name, s.parameters = _describe_quantizer(model.quantizer)
     return stages
+
+
+def _describe_quantizer(q: nn.Module) -> tuple[str, int]:
+    """The quantizer's stage name and its own numbers (code vectors and, where it has them, maps)."""
+    k, d = q.num_embeddings, q.embedding_dim
+    maps = sum(p.numel() for name, p in q.named_parameters() if name.startswith("project_"))
+    if isinstance(q, FiniteScalarQuantizer):
+        return f"FSQ: {len(q.levels)} numbers rounded to {'x'.join(map(str, q.levels))} levels ({k} codes, no codebook)", maps
+    if isinstance(q, ResidualVectorQuantizer):
+        sizes = ", ".join(map(str, q.stage_sizes))
+        return f"residual VQ: stages of {sizes} codes of length {d} ({k} combinations)", sum(q.stage_sizes) * d
+    if getattr(q, "lookup_dim", None):
+        return f"cosine lookup ({k} x {q.lookup_dim} unit codes, maps {d} -> {q.lookup_dim} -> {d})", k * q.lookup_dim + maps
+    return f"nearest code ({k} x {d} codebook)", k * d
 
 
 def summary_table(model: VQVAE, image_shape: tuple[int, int, int]) -> str:
     """A markdown table of every stage's output shape and parameters, with totals."""
     rows = ["| part | stage | output shape | parameters |", "| --- | --- | --- | --- |"]
-    ema = bool(model.config.get("ema"))
+    ema = bool(model.config.get("ema")) and not isinstance(model.quantizer, FiniteScalarQuantizer)
+    plain = model.config.get("quantizer", "vq") == "vq"
     for s in trace_stages(model, image_shape):
-        note = " (a buffer: EMA-updated, not trained)" if s.part == "quantizer" and ema else ""
+        note = ""
+        if s.part == "quantizer" and ema:
+            note = " (a buffer: EMA-updated, not trained)" if plain else " (the code vectors are buffers, EMA-updated)"
         rows.append(f"| {s.part} | {s.name} | {' x '.join(map(str, s.shape[1:]))} | {s.parameters:,}{note} |")
     total = sum(p.numel() for p in model.parameters())
     buffers = sum(b.numel() for b in model.buffers())
@@ -196,7 +214,10 @@ def draw_codebook(model: VQVAE, counts: Tensor, grid_shape: tuple[int, int], top
     from .plotting import image_grid, plot_codebook_usage
 
     counts = torch.as_tensor(counts).double().cpu()
-    codebook = model.quantizer.codebook.detach().double().cpu()
+    q = model.quantizer
+    codebook = (q.codes() if hasattr(q, "codes") else q.codebook).detach().double().cpu()  # what the lookup compares
+    if codebook.shape[1] < 2:  # a one-number code space: PCA needs a second axis
+        codebook = torch.cat([codebook, torch.zeros_like(codebook)], dim=1)
     order = torch.argsort(counts, descending=True)
     share = counts / counts.sum().clamp_min(1)
 
