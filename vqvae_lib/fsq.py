@@ -28,7 +28,6 @@ import torch
 from torch import Tensor, nn
 
 from .quantizer import CodeUsage, QuantizerOutput, batch_perplexity
-from .runtime import all_reduce_sum
 
 __all__ = ["FiniteScalarQuantizer"]
 
@@ -107,10 +106,7 @@ class FiniteScalarQuantizer(CodeUsage):
         zhat = self.quantize_scalars(self.project_in(z_e.permute(0, 2, 3, 1)))  # (B, H, W, d)
         with torch.no_grad():
             indices = self.codes_to_indices(zhat)
-            counts = torch.bincount(indices.flatten(), minlength=self.num_embeddings)
-            if self.training:
-                counts = all_reduce_sum(counts)
-                self._track_usage(counts)
+            counts = self._count_codes(indices)
         z_q = self.project_out(zhat).permute(0, 3, 1, 2)
         zero = z_e.new_zeros(())
         return QuantizerOutput(z_q, indices, zero, zero, batch_perplexity(counts))

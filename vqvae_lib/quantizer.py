@@ -195,9 +195,16 @@ class CodeUsage(nn.Module):
         self.usage_counts.zero_()
 
     @torch.no_grad()
-    def _track_usage(self, counts: Tensor) -> None:
-        self.usage_counts += counts
-        self.steps_unused = torch.where(counts > 0, torch.zeros_like(self.steps_unused), self.steps_unused + 1)
+    def _count_codes(self, indices: Tensor) -> Tensor:
+        """``(K,)`` how often each code occurs in ``indices``. In training the counts are summed over
+        processes (usage and EMA statistics are global; evaluation stays per process) and recorded in
+        ``usage_counts`` and ``steps_unused``."""
+        counts = torch.bincount(indices.flatten(), minlength=self.num_embeddings)
+        if self.training:
+            counts = all_reduce_sum(counts)
+            self.usage_counts += counts
+            self.steps_unused = torch.where(counts > 0, torch.zeros_like(self.steps_unused), self.steps_unused + 1)
+        return counts
 
 
 class _QuantizerBase(CodeUsage):
@@ -361,12 +368,9 @@ class _QuantizerBase(CodeUsage):
         # the (N, K) distance matrix from being kept for backward.
         with torch.no_grad():
             indices = nearest_code(flat.detach().to(codes.dtype), codes)
-            counts = torch.bincount(indices, minlength=self.num_embeddings)
-            if self.training:  # usage and EMA statistics are global; evaluation stays per process
-                counts = all_reduce_sum(counts)
+            counts = self._count_codes(indices)
         quantized = F.embedding(indices, codes).to(flat.dtype)
         if self.training:
-            self._track_usage(counts)
             self._update_codebook(flat, indices, counts)
 
         codebook_loss = self._codebook_loss(flat, quantized)

@@ -22,7 +22,6 @@ from torch import Tensor, nn
 
 from .quantizer import GRADIENTS, CodeUsage, QuantizerOutput, VectorQuantizer, VectorQuantizerEMA
 from .quantizer import batch_perplexity, rotation_trick, straight_through
-from .runtime import all_reduce_sum
 
 __all__ = ["ResidualVectorQuantizer"]
 
@@ -115,11 +114,7 @@ class ResidualVectorQuantizer(CodeUsage):
             total = total + code
             residual = residual - code
         indices = self.pack(torch.stack(parts, dim=-1))
-        with torch.no_grad():
-            counts = torch.bincount(indices.flatten(), minlength=self.num_embeddings)
-            if self.training:
-                counts = all_reduce_sum(counts)
-                self._track_usage(counts)
+        counts = self._count_codes(indices)
         commitment_loss = F.mse_loss(z_e, total)
         flat, flat_code = (t.permute(0, 2, 3, 1).reshape(-1, self.embedding_dim) for t in (z_e, total))
         carry = rotation_trick if self.gradient == "rotation" else straight_through
