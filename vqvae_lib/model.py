@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .fsq import FiniteScalarQuantizer
-from .quantizer import GRADIENTS, QuantizerOutput, VectorQuantizer, VectorQuantizerEMA
+from .quantizer import QuantizerOutput, VectorQuantizer, VectorQuantizerEMA
 from .residual_vq import ResidualVectorQuantizer
 from .runtime import eval_mode
 
@@ -197,8 +197,6 @@ def build_quantizer(c: VQVAEConfig) -> Quantizer:
     """The quantizer a :class:`VQVAEConfig` names, checked for a consistent number of codes."""
     if c.quantizer not in QUANTIZERS:
         raise ValueError(f"quantizer must be one of {QUANTIZERS}, not {c.quantizer!r}")
-    if c.gradient not in GRADIENTS:
-        raise ValueError(f"gradient must be one of {GRADIENTS}, not {c.gradient!r}")
     factors = {"fsq": ("levels", c.levels), "residual": ("stage_sizes", c.stage_sizes)}.get(c.quantizer)
     if factors is not None:
         name, sizes = factors
