@@ -11,6 +11,11 @@ import torch
 from vqvae_lib import data_root, load_dataset
 
 REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = Path(os.environ.get("VQVAE_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-quic",
+]  # fmt: skip
 
 
 def _real_data_root() -> Path:
@@ -65,3 +70,18 @@ def pytest_configure(config):
     # count (oneDNN for small 1x1 convolutions only with more than one thread), so a fixed count keeps
     # every machine on the same code path. Set before any fixture builds a model.
     torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium driven by Playwright (the browser tests: JupyterLab's widgets, the website)."""
+    if not CHROMIUM.exists():
+        missing_shared_data(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing_shared_data("the playwright package is not installed (pipenv install --dev)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()

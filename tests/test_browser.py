@@ -24,13 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, missing_shared_data
+from conftest import REPO, browser  # noqa: F401  (the fixture, shared with test_site.py)
 
-CHROMIUM = Path(os.environ.get("VQVAE_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-quic",
-]  # fmt: skip
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 NOTEBOOK = "07_latent_interpolation.ipynb"
 LAB_NOTEBOOK = "03_the_three_part_loss.ipynb"
@@ -43,20 +38,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        missing_shared_data(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing_shared_data("the playwright package is not installed (pipenv install --dev)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

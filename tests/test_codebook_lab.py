@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from vqvae_lib import VectorQuantizer, VectorQuantizerEMA
-from vqvae_lib.codebook_lab import CodebookLab, LabModel, LabSettings, plot_lab_run, run_lab
+from vqvae_lib.codebook_lab import CodebookLab, LabModel, LabSettings, lab_run_player, plot_lab_run, run_lab
 
 
 def _final_perplexity(settings: LabSettings) -> float:
@@ -77,3 +77,23 @@ def test_an_error_during_training_is_shown_where_the_reader_looks():
     with pytest.raises(ValueError):
         lab.train()
     assert lab.status.value.startswith("stopped: ValueError") and not lab.train_button.disabled
+
+
+def test_a_recorded_run_plays_without_a_kernel():
+    # notebook 3's recorded runs on a static page: one frame per snapshot, each the lab's own picture of
+    # that snapshot, captioned with its step; the lab itself falls back to its starting picture
+    import base64
+
+    from PIL import Image
+    import io
+
+    settings = LabSettings(steps=40)
+    snapshots = run_lab(settings, every=20)
+    player = lab_run_player(snapshots, settings)
+    assert len(player) == 3 and player.captions[0] == "step 0 of 40"
+    assert player.captions[2].startswith("step 40 of 40: perplexity ")
+    frames = [Image.open(io.BytesIO(png)) for png in player.tracks["frames"]]
+    assert len({f.size for f in frames}) == 1 and len(set(player.tracks["frames"])) == 3, "each snapshot its own picture"
+    lab = CodebookLab(settings)
+    html = lab._repr_mimebundle_()["text/html"]
+    assert base64.b64encode(lab.image.value).decode() in html

@@ -81,3 +81,47 @@ def test_scrubber_swaps_cached_frames():
     assert scrubber.play.max == scrubber.slider.max == 4
     scrubber.set_frames(frames[:3])  # a new path keeps the controls and clamps the position
     assert scrubber.slider.max == 2 and scrubber.image.value == scrubber.pngs[2]
+
+
+def _player_data(html: str) -> dict:
+    """The frames and captions a FramePlayer's HTML carries (what its script reads)."""
+    import json
+    import re
+
+    match = re.search(r'<script type="application/json" class="vqvae-player-data">(.*?)</script>', html, re.S)
+    assert match, "no frame data in the HTML"
+    return json.loads(match.group(1))
+
+
+def test_the_widgets_carry_a_kernel_free_copy_of_their_frames():
+    # a static page shows the text/html: it must hold every frame the widget would show (as the same
+    # PNGs), both interpolation spaces for the explorer, and no reference to anything outside the page
+    import base64
+    import re
+
+    from vqvae_lib.widgets import InterpolationExplorer, frames_to_png
+
+    frames = torch.linspace(0, 1, 5).view(5, 1, 1, 1).expand(5, 1, 28, 28)
+    scrubber = InterpolationScrubber(frames, scale=2)
+    bundle = scrubber._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle  # a live notebook still gets the widget
+    data = _player_data(bundle["text/html"])
+    assert [base64.b64decode(f) for f in data["tracks"]["frames"]] == scrubber.pngs
+    assert data["captions"] == [f"frame {t} of 4  (alpha = {t / 4:.2f})" for t in range(5)]
+
+    from vqvae_lib import load_checkpoint, pretrained_dir
+
+    model = load_checkpoint(pretrained_dir() / "mnist.pt").eval()  # a trained model: the two paths differ
+    seed_everything(0)
+    images = [(torch.rand(1, 28, 28), 0) for _ in range(3)]
+    explorer = InterpolationExplorer({"tiny": (model, images)}, steps=6, scale=2)
+    explorer.index_b.value = 2
+    data = _player_data(explorer._repr_mimebundle_()["text/html"])
+    assert list(data["tracks"]) == ["continuous", "quantized"] and len(data["captions"]) == 6
+    for space, pngs in data["tracks"].items():
+        expected = interpolate_latents(model, images[0][0], images[2][0], 6, space)
+        assert [base64.b64decode(f) for f in pngs] == frames_to_png(expected, 2), space
+    assert data["tracks"]["continuous"] != data["tracks"]["quantized"]
+    html = explorer._repr_mimebundle_()["text/html"]
+    assert "test images 0 and 2" in html
+    assert not re.search(r'(src|href)="(?!data:)', html), "the copy must fetch nothing: every src is a data URI"

@@ -177,3 +177,34 @@ def test_progress_bars_are_committed_in_their_final_state():
     assert [o.get("data", {}).get("text/plain", o.get("text")) for o in outputs] == [
         "training: 100%|██████████| 50/50 [00:01<00:00, 40.0it/s]", "x\n"]
     assert "widgets" not in nb.metadata
+
+
+def test_a_widget_with_an_html_copy_is_committed_as_the_copy():
+    # the explorer and the codebook lab carry a FramePlayer/picture as text/html: once the widget state is
+    # dropped the view is dead, so only the copy may stay (a static page would otherwise pick the dead view)
+    from run_notebooks import WIDGET_VIEW, clean_notebook
+
+    view = {"model_id": "c0", "version_major": 2, "version_minor": 0}
+    state = {"c0": {"state": {"children": ["IPY_MODEL_c1"]}}, "c1": {"state": {}}}
+    with_copy = nbformat.v4.new_output("display_data", data={WIDGET_VIEW: view, "text/html": "<div>copy</div>", "text/plain": "VBox()"})
+    without = nbformat.v4.new_output("display_data", data={WIDGET_VIEW: dict(view), "text/plain": "VBox()"})
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("", outputs=[with_copy, without])]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": state}}
+    first, second = clean_notebook(nb).cells[0].outputs
+    assert set(first["data"]) == {"text/html", "text/plain"}
+    assert set(second["data"]) == {WIDGET_VIEW, "text/plain"}
+
+
+def test_committed_players_carry_the_current_script():
+    # the kernel-free players are committed as HTML with their script inlined at execution time: a change
+    # to vqvae_lib/frame_player.py must be followed by re-executing notebooks 3 and 7, or the website
+    # would keep running the old script
+    from vqvae_lib.frame_player import _SCRIPT
+
+    for prefix, players in (("03_", 2), ("07_", 1)):
+        (path,) = [p for p in NOTEBOOKS if p.name.startswith(prefix)]
+        html = ["".join(o["data"]["text/html"]) for c in json.loads(path.read_text())["cells"] for o in c.get("outputs", [])
+                if "vqvae-player-data" in "".join(o.get("data", {}).get("text/html", ""))]  # fmt: skip
+        assert len(html) == players, f"{path.name}: {len(html)} players"
+        assert all(_SCRIPT in h for h in html), f"{path.name}: re-execute it (python tools/run_notebooks.py {prefix[:2]})"

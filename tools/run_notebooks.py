@@ -69,13 +69,18 @@ def _finish_progress_bars(nb) -> None:
                 continue  # a finished transient bar: a live notebook shows nothing there either
             if text:
                 output["data"] = {"text/plain": text}
+            elif "text/html" in output["data"]:
+                # a widget with a kernel-free copy (vqvae_lib.frame_player): with its state gone the view can
+                # never be drawn again, so a static page or a reopened notebook shows the copy instead
+                del output["data"][WIDGET_VIEW]
             kept.append(output)
         cell.outputs = kept
 
 
 def clean_notebook(nb):
     """Drop execution counts and stored widget state, keep outputs (nbstripout --keep-output style).
-    Progress bars keep their final text ("100%| ... 2800/2800 [01:10<00:00, ...]")."""
+    Progress bars keep their final text ("100%| ... 2800/2800 [01:10<00:00, ...]"); a widget that carries
+    an HTML copy of itself keeps only the copy."""
     _finish_progress_bars(nb)
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:

@@ -5,8 +5,9 @@ one of ``K`` codes, and an MLP decodes it back. Because the latent plane is 2-D 
 encoder outputs, the codes, their Voronoi cells, and which codes are dead. :class:`LabSettings` holds the
 knobs of notebook 3 (``K``, ``beta``, EMA decay, initialisation, dead-code restarts); :func:`run_lab`
 trains one run with :func:`~vqvae_lib.training.fit` and calls back with snapshots; :class:`CodebookLab`
-is the ipywidgets front end (press Train: a run from scratch with the current settings, drawn live), and
-:func:`plot_lab_run` the static figure of a recorded run for readers without a kernel.
+is the ipywidgets front end (press Train: a run from scratch with the current settings, drawn live);
+for readers without a kernel, :func:`plot_lab_run` draws a recorded run as one static figure and
+:func:`lab_run_player` turns it into a slider and Play button that work on a static page.
 
     from vqvae_lib.codebook_lab import CodebookLab
     CodebookLab()          # in a notebook: controls, a Train button and the live picture
@@ -14,6 +15,7 @@ is the ipywidgets front end (press Train: a run from scratch with the current se
 
 from __future__ import annotations
 
+import base64
 import io
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -23,15 +25,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .frame_player import FramePlayer
 from .quantizer import VectorQuantizer, VectorQuantizerEMA, nearest_code
 from .training import FitConfig, fit
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["LabSettings", "LabModel", "LabSnapshot", "make_points", "run_lab", "plot_lab_run", "CodebookLab"]
+__all__ = ["LabSettings", "LabModel", "LabSnapshot", "make_points", "run_lab", "plot_lab_run", "lab_run_player", "CodebookLab"]
 
 INITS = ("uniform", "normal", "kmeans")
+_KNOBS = ("num_codes", "beta", "ema_decay", "init", "restart_after")  # the settings a figure's title names
 
 
 @dataclass(frozen=True)
@@ -265,10 +269,43 @@ def plot_lab_run(snapshots: list[LabSnapshot], settings: LabSettings, at: tuple[
     for i, (ax, snap) in enumerate(zip(axes, chosen)):
         _PlanePanel(ax, settings.num_codes, legend=i == 0).update(snap)
     _CurvePanel(axes[-1], settings.num_codes, settings.steps).update(snapshots[-1])
-    knobs = ", ".join(f"{k}={v}" for k, v in asdict(settings).items() if k in ("num_codes", "beta", "ema_decay", "init", "restart_after"))
+    knobs = ", ".join(f"{k}={v}" for k, v in asdict(settings).items() if k in _KNOBS)
     fig.suptitle(f"codebook lab: {knobs}", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def lab_run_player(snapshots: list[LabSnapshot], settings: LabSettings, dpi: int = 60) -> FramePlayer:
+    """A recorded run as a kernel-free :class:`~vqvae_lib.frame_player.FramePlayer`: the lab's picture at
+    every snapshot (the same figure the widget redraws), captioned with the step and that step's codebook
+    usage. Each frame is a PNG of about 20 KB at the default ``dpi``; a 300-step run recorded every 10
+    steps weighs about 0.6 MB as a notebook output."""
+    picture = _LivePicture(settings.num_codes, settings.steps, dpi)
+    pngs, captions = [], []
+    for snap in snapshots:
+        pngs.append(_png(picture.update(snap), optimize=True))
+        captions.append(f"step {snap.step} of {settings.steps}" + _usage(snap.history))
+    knobs = ", ".join(f"{k}={v}" for k, v in asdict(settings).items() if k in _KNOBS)
+    return FramePlayer(pngs, captions, interval_ms=150, title=f"recorded run: {knobs}")
+
+
+def _png(canvas, optimize: bool = False) -> bytes:
+    """A drawn Agg canvas as PNG bytes: light compression for live redraws, the smallest file for recordings."""
+    from PIL import Image
+
+    image = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
+    buffer = io.BytesIO()
+    if optimize:
+        image.convert("RGB").quantize(colors=64).save(buffer, format="PNG", optimize=True)
+    else:
+        image.convert("RGB").save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _usage(history: dict[str, list[float]]) -> str:
+    if not history.get("perplexity"):
+        return ""
+    return f": perplexity {history['perplexity'][-1]:.1f}, codes used {history['codes_used'][-1]:.0f}"
 
 
 class _LivePicture:
@@ -344,16 +381,10 @@ class CodebookLab:
         and only their data change between redraws (no new figure, no layout pass, no second draw by
         ``savefig``), and the PNG is written with light compression: the difference between a redraw
         that feels live and one that lags (``benchmarks/codebook_lab.py``)."""
-        from PIL import Image
-
         k = len(snap.codes)
         if self._picture is None or self._picture.k != k:
             self._picture = _LivePicture(k, self.current_settings().steps, self.dpi)
-        canvas = self._picture.update(snap)
-        image = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
-        buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="PNG", compress_level=1)
-        return buffer.getvalue()
+        return _png(self._picture.update(snap))
 
     def train(self) -> list[LabSnapshot]:
         """One run with the current settings, redrawn as it goes; returns its snapshots. A click that
@@ -373,9 +404,7 @@ class CodebookLab:
             self.last_update_ms = 1000 * (now - clock)
             self.update_ms.append(self.last_update_ms)
             clock = now
-            h = snap.history
-            usage = f"perplexity {h['perplexity'][-1]:.1f}, codes used {h['codes_used'][-1]:.0f}" if h.get("perplexity") else ""
-            self.status.value = f"step {snap.step} of {settings.steps} &nbsp; {usage} &nbsp; ({self.last_update_ms:.0f} ms per update)"
+            self.status.value = f"step {snap.step} of {settings.steps}{_usage(snap.history)} &nbsp; ({self.last_update_ms:.0f} ms per update)"
 
         try:
             self._picture = None  # a new run may have another K or length: new axes
@@ -388,4 +417,11 @@ class CodebookLab:
         return self.snapshots
 
     def _repr_mimebundle_(self, **kwargs) -> dict:
-        return self.widget._repr_mimebundle_(**kwargs)
+        # a static page (no kernel) shows the text/html: the picture as it stands, and why Train is missing
+        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
+        bundle["text/html"] = (
+            '<div class="vqvae-codebook-lab-static"><p><em>The lab trains in a running notebook (JupyterLab, or Colab '
+            "from the badge at the top of the page); without a kernel this is its starting picture.</em></p>"
+            f'<img alt="the codebook lab before training" src="data:image/png;base64,{base64.b64encode(self.image.value).decode()}"></div>'
+        )
+        return bundle

@@ -2,6 +2,11 @@
 
 The frames are decoded once (one batched model call) and encoded to PNG once; moving the slider
 only swaps which cached PNG the ``Image`` widget shows, so it stays responsive on any machine.
+
+Displayed, each widget also carries a kernel-free copy of what it shows (a
+:class:`~vqvae_lib.frame_player.FramePlayer` as ``text/html``): a live notebook shows the widget, while a
+static page (the website, where no kernel runs) falls back to the copy, whose slider and Play button
+still work.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import io
 from PIL import Image
 from torch import Tensor
 
+from .frame_player import FramePlayer
 from .interpolation import frames_to_uint8
 
 __all__ = ["frames_to_png", "InterpolationScrubber", "InterpolationExplorer"]
@@ -59,12 +65,20 @@ class InterpolationScrubber:
     def _show(self, change: dict | None = None) -> None:
         t = self.slider.value
         self.image.value = self.pngs[t]
-        self.label.value = f"frame {t} of {len(self.pngs) - 1}  (alpha = {t / max(1, len(self.pngs) - 1):.2f})"
+        self.label.value = _captions(len(self.pngs))[t]
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
+    def player(self) -> FramePlayer:
+        """The frames as a kernel-free :class:`FramePlayer` (what a static page shows)."""
+        return FramePlayer(self.pngs, _captions(len(self.pngs)), interval_ms=self.play.interval)
 
-        display(self.widget)
+    def _repr_mimebundle_(self, **kwargs) -> dict:
+        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
+        bundle["text/html"] = self.player()._repr_html_()
+        return bundle
+
+
+def _captions(n: int) -> list[str]:
+    return [f"frame {t} of {n - 1}  (alpha = {t / max(1, n - 1):.2f})" for t in range(n)]
 
 
 class InterpolationExplorer:
@@ -105,10 +119,18 @@ class InterpolationExplorer:
         _, dataset = self.sources[self.model_choice.value]
         return max(1, 160 // dataset[0][0].shape[-1])
 
-    def _frames(self) -> Tensor:
+    def _frames(self, space: str | None = None) -> Tensor:
         model, dataset = self.sources[self.model_choice.value]
         x_a, x_b = dataset[self.index_a.value][0], dataset[self.index_b.value][0]
-        return self._interpolate(model, x_a, x_b, self.steps, self.space.value)
+        return self._interpolate(model, x_a, x_b, self.steps, space or self.space.value)
+
+    def player(self) -> FramePlayer:
+        """The current model and images as a kernel-free :class:`FramePlayer`, both spaces as tracks
+        (what a static page shows): one more batched decode, for the space not on screen."""
+        tracks = {space: self.scrubber.pngs if space == self.space.value else frames_to_png(self._frames(space), self.scrubber.scale)
+                  for space in self.space.options}  # fmt: skip
+        title = f"{self.model_choice.value}: test images {self.index_a.value} and {self.index_b.value}"
+        return FramePlayer(tracks, _captions(len(self.scrubber.pngs)), interval_ms=self.scrubber.play.interval, title=title)
 
     def _update(self, change: dict | None = None) -> None:
         _, dataset = self.sources[self.model_choice.value]
@@ -116,7 +138,7 @@ class InterpolationExplorer:
         self.scrubber.scale = self._scale()
         self.scrubber.set_frames(self._frames())
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
+    def _repr_mimebundle_(self, **kwargs) -> dict:
+        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
+        bundle["text/html"] = self.player()._repr_html_()
+        return bundle

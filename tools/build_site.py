@@ -1,0 +1,93 @@
+"""Build the website: the README as the intro page and one page per committed notebook, in order.
+
+    python tools/build_site.py                 # -> _site/html/index.html (git-ignored); open it in a browser
+    python tools/build_site.py --out DIR       # build somewhere else
+
+Nothing is executed and nothing is fetched: the notebooks are shown as committed (full-mode outputs),
+Sphinx + myst-nb + sphinx-book-theme render them, and MathJax and the search index are copied into the
+site. The sources are gathered into ``<out>/source`` first, because the pages live in three folders of
+the repository (README, ``notebooks/``, ``model_visualisation/``) and a notebook page gets a first cell
+with its "Open in Colab" link, which the committed notebooks carry in their first code cell instead.
+
+The Colab link needs the repository's GitHub name ("owner/name"): ``--repository``, else ``[project.urls]
+Repository`` in ``pyproject.toml``, else the ``origin`` remote when it is on GitHub (``tools/colab.py``).
+Without one the pages are built without the link, and the build says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+from pathlib import Path
+
+from colab import colab_url, github_repository  # tools/ is this script's folder
+from run_notebooks import notebook_paths
+
+REPO = Path(__file__).resolve().parent.parent
+
+__all__ = ["stage_sources", "build_site"]
+
+def _index_page(readme: str, pages: list[str]) -> str:
+    # links to files that are not pages of the site (benchmarks/README.md is one) become plain text
+    # naming the file, instead of links that would lead nowhere
+    def unlink(match: re.Match) -> str:
+        text, target = match.group(1), match.group(2)
+        if target.startswith(("http://", "https://", "#")) or target.startswith(("notebooks/", "model_visualisation/")):
+            return match.group(0)
+        return f"{text} (`{target}` in the repository)" if text != target else f"`{target}` (in the repository)"
+
+    readme = re.sub(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)", unlink, readme)
+    toctree = "\n".join(["", "```{toctree}", ":hidden:", ":maxdepth: 1", "", *pages, "```", ""])
+    return readme + toctree
+
+
+def stage_sources(out: Path, repository: str | None) -> Path:
+    """Gather what the site is built from into ``out/source`` (replaced if it exists) and return it."""
+    import nbformat
+
+    source = out / "source"
+    if source.exists():
+        shutil.rmtree(source)
+    (source / "notebooks").mkdir(parents=True)
+    shutil.copytree(REPO / "model_visualisation", source / "model_visualisation")
+    pages = []
+    for path in notebook_paths():
+        nb = nbformat.read(path, as_version=4)
+        if repository:
+            badge = f'<a class="vqvae-colab-badge" href="{colab_url(repository, path.name)}">Open in Colab</a>'
+            nb.cells.insert(0, nbformat.v4.new_markdown_cell(badge))
+        nbformat.write(nb, source / "notebooks" / path.name)
+        pages.append(f"notebooks/{path.stem}")
+    (source / "index.md").write_text(_index_page((REPO / "README.md").read_text(), pages))
+    return source
+
+
+def build_site(out: Path, repository: str | None = None, quiet: bool = False) -> Path:
+    """Stage the sources and run Sphinx on them (warnings are errors); returns ``out/html/index.html``."""
+    from sphinx.cmd.build import build_main
+
+    source = stage_sources(out, repository)
+    args = ["-b", "html", "-c", str(REPO / "docs"), "-W", "--keep-going", "-d", str(out / "doctrees"), str(source), str(out / "html")]
+    if quiet:
+        args.insert(0, "-q")
+    if build_main(args) != 0:
+        raise SystemExit("the site did not build: see Sphinx's messages above")
+    return out / "html" / "index.html"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "_site", help="where to build (default: _site, git-ignored)")
+    parser.add_argument("--repository", help="GitHub owner/name for the Colab links (default: pyproject.toml, then git)")
+    args = parser.parse_args()
+    repository = github_repository(args.repository)
+    if repository is None:
+        print("no GitHub repository known (pyproject.toml [project.urls] Repository, --repository or an origin remote): "
+              "the pages are built without their Open in Colab link")  # fmt: skip
+    index = build_site(args.out.resolve(), repository)
+    print(f"built: {index}\nopen it in a browser (no server or network needed)")
+
+
+if __name__ == "__main__":
+    main()
