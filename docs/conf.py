@@ -24,6 +24,9 @@ nb_execution_mode = "off"
 # No widget state is committed (a widget that matters carries an HTML copy of itself), so the widget
 # manager that myst-nb would otherwise load from a CDN is never needed.
 nb_ipywidgets_js: dict = {}
+# and should a notebook be saved with a widget view beside its HTML copy, the page shows the copy: the
+# view could never be drawn without the state
+nb_mime_priority_overrides = [("html", "application/vnd.jupyter.widget-view+json", None)]
 nb_merge_streams = True
 myst_enable_extensions = ["dollarmath", "amsmath", "html_image"]
 myst_heading_anchors = 3

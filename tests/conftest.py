@@ -73,8 +73,9 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    """Headless Debian Chromium driven by Playwright (the browser tests: JupyterLab's widgets, the website)."""
+def browser(request):
+    """Headless Debian Chromium driven by Playwright (the browser tests: JupyterLab's widgets, the website),
+    with the test module's ``CHROMIUM_EXTRA_FLAGS`` added to the common flags."""
     if not CHROMIUM.exists():
         missing_shared_data(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)")
     try:
@@ -82,6 +83,7 @@ def browser():
     except ImportError:
         missing_shared_data("the playwright package is not installed (pipenv install --dev)")
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
+        extra = getattr(request.module, "CHROMIUM_EXTRA_FLAGS", [])
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS + extra)
         yield b
         b.close()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, browser  # noqa: F401  (the fixture, shared with test_site.py)
+from conftest import REPO
 
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 NOTEBOOK = "07_latent_interpolation.ipynb"

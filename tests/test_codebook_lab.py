@@ -83,9 +83,9 @@ def test_a_recorded_run_plays_without_a_kernel():
     # notebook 3's recorded runs on a static page: one frame per snapshot, each the lab's own picture of
     # that snapshot, captioned with its step; the lab itself falls back to its starting picture
     import base64
+    import io
 
     from PIL import Image
-    import io
 
     settings = LabSettings(steps=40)
     snapshots = run_lab(settings, every=20)

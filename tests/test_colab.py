@@ -35,8 +35,9 @@ def _run_cell(monkeypatch, on_colab: bool) -> list:
     return done
 
 
-def test_the_setup_cell_does_nothing_outside_colab(monkeypatch):
+def test_the_setup_cell_does_nothing_outside_colab(monkeypatch, capsys):
     assert _run_cell(monkeypatch, on_colab=False) == []
+    assert capsys.readouterr() == ("", ""), "it prints nothing: the committed notebooks show no output for it"
 
 
 def test_the_setup_cell_fetches_installs_and_moves_into_the_notebooks_on_colab(monkeypatch):
@@ -79,3 +80,20 @@ def test_repository_names_are_read_from_what_people_paste(given, expected):
 def test_a_repository_elsewhere_is_refused():
     with pytest.raises(ValueError, match="owner/name"):
         github_repository("https://gitlab.com/owner/name")
+
+
+def test_a_page_links_to_colab_only_when_its_notebook_can_run_there(tmp_path):
+    # a Colab link to a notebook without the set-up cell would open a notebook that cannot import the
+    # library: the site draws the link only for notebooks that carry the cell for that repository
+    from build_site import stage_sources
+
+    with_cell = tmp_path / "with"
+    with_cell.mkdir()
+    (path,) = notebook_paths(["02"])
+    copy = with_cell / path.name
+    shutil.copy(path, copy)
+    write_setup_cells(REPOSITORY, [copy])
+    for notebooks, linked in (([path], False), ([copy], True)):
+        staged = stage_sources(tmp_path / f"site-{linked}", REPOSITORY, notebooks) / "notebooks" / path.name
+        first = nbformat.read(staged, as_version=4).cells[0]
+        assert (colab_url(REPOSITORY, path.name) in first.source) is linked

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vqvae_lib import VQVAE, interpolate_latents, save_gif, seed_everything
-from vqvae_lib.widgets import InterpolationScrubber
+from vqvae_lib.widgets import InterpolationScrubber, frames_to_png
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def test_the_widgets_carry_a_kernel_free_copy_of_their_frames():
     import base64
     import re
 
-    from vqvae_lib.widgets import InterpolationExplorer, frames_to_png
+    from vqvae_lib.widgets import InterpolationExplorer
 
     frames = torch.linspace(0, 1, 5).view(5, 1, 1, 1).expand(5, 1, 28, 28)
     scrubber = InterpolationScrubber(frames, scale=2)
@@ -107,7 +107,7 @@ def test_the_widgets_carry_a_kernel_free_copy_of_their_frames():
     assert "application/vnd.jupyter.widget-view+json" in bundle  # a live notebook still gets the widget
     data = _player_data(bundle["text/html"])
     assert [base64.b64decode(f) for f in data["tracks"]["frames"]] == scrubber.pngs
-    assert data["captions"] == [f"frame {t} of 4  (alpha = {t / 4:.2f})" for t in range(5)]
+    assert data["captions"] == [f"frame {i} of 4  (t = {i / 4:.2f})" for i in range(5)]
 
     from vqvae_lib import load_checkpoint, pretrained_dir
 
@@ -125,3 +125,29 @@ def test_the_widgets_carry_a_kernel_free_copy_of_their_frames():
     html = explorer._repr_mimebundle_()["text/html"]
     assert "test images 0 and 2" in html
     assert not re.search(r'(src|href)="(?!data:)', html), "the copy must fetch nothing: every src is a data URI"
+
+
+def test_a_player_refuses_what_is_not_a_list_of_pngs():
+    # one PNG passed where a list of them belongs would otherwise become one "frame" per byte
+    from vqvae_lib.frame_player import FramePlayer
+
+    (png,) = frames_to_png(torch.zeros(1, 1, 4, 4), 1)
+    for wrong in (png, {"a": png}, [b"not a png"], {"a": [png], "b": [png, png]}, []):
+        with pytest.raises((TypeError, ValueError)):
+            FramePlayer(wrong)
+    with pytest.raises(ValueError, match="2 captions for 1 frames"):
+        FramePlayer([png], captions=["a", "b"])
+    assert len(FramePlayer({"a": [png, png], "b": [png, png]})) == 2
+
+
+def test_a_widget_without_its_own_mimebundle_still_gets_its_view_and_copy():
+    # ipywidgets 7 (Colab's) has no Widget._repr_mimebundle_: the view must be written out in the form
+    # ipywidgets 8 gives, or nothing but a repr would be displayed there
+    from vqvae_lib.frame_player import bundle_with_copy
+
+    class OldWidget:  # what ipywidgets 7 offers: a model id, no _repr_mimebundle_
+        model_id = "abc123"
+
+    bundle = bundle_with_copy(OldWidget(), "<div>copy</div>")
+    assert bundle["application/vnd.jupyter.widget-view+json"] == {"version_major": 2, "version_minor": 0, "model_id": "abc123"}
+    assert bundle["text/html"] == "<div>copy</div>" and "text/plain" in bundle

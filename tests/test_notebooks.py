@@ -133,8 +133,8 @@ def test_notebooks_6_to_8_run_on_a_small_folder_of_ones_own(shared_root, tmp_pat
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_committed_notebook_is_executed_in_full_mode_and_clean(path: Path):
-    raw = json.loads(path.read_text())
-    nb = nbformat.reads(path.read_text(), as_version=4)
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.get("execution_count") is None for c in code), "execution counts left in"
     assert all(o.get("execution_count") is None for c in code for o in c.get("outputs", [])), "execution counts left in"
@@ -204,7 +204,7 @@ def test_committed_players_carry_the_current_script():
 
     for prefix, players in (("03_", 2), ("07_", 1)):
         (path,) = [p for p in NOTEBOOKS if p.name.startswith(prefix)]
-        html = ["".join(o["data"]["text/html"]) for c in json.loads(path.read_text())["cells"] for o in c.get("outputs", [])
+        html = ["".join(o["data"]["text/html"]) for c in json.loads(path.read_text(encoding="utf-8"))["cells"] for o in c.get("outputs", [])
                 if "vqvae-player-data" in "".join(o.get("data", {}).get("text/html", ""))]  # fmt: skip
         assert len(html) == players, f"{path.name}: {len(html)} players"
         assert all(_SCRIPT in h for h in html), f"{path.name}: re-execute it (python tools/run_notebooks.py {prefix[:2]})"

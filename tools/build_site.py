@@ -6,12 +6,14 @@
 Nothing is executed and nothing is fetched: the notebooks are shown as committed (full-mode outputs),
 Sphinx + myst-nb + sphinx-book-theme render them, and MathJax and the search index are copied into the
 site. The sources are gathered into ``<out>/source`` first, because the pages live in three folders of
-the repository (README, ``notebooks/``, ``model_visualisation/``) and a notebook page gets a first cell
-with its "Open in Colab" link, which the committed notebooks carry in their first code cell instead.
+the repository (README, ``notebooks/``, ``model_visualisation/``) and a notebook page may get a first
+cell that the committed notebook does not have: its "Open in Colab" link.
 
 The Colab link needs the repository's GitHub name ("owner/name"): ``--repository``, else ``[project.urls]
 Repository`` in ``pyproject.toml``, else the ``origin`` remote when it is on GitHub (``tools/colab.py``).
-Without one the pages are built without the link, and the build says so.
+A page gets it only if its notebook starts with the Colab set-up cell for that name (``python
+tools/colab.py --write``): without the cell, Colab would open a notebook that cannot import the library.
+The build says which pages went without.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import re
 import shutil
 from pathlib import Path
 
-from colab import colab_url, github_repository  # tools/ is this script's folder
+from colab import colab_url, first_code_cell, github_repository, setup_cell  # tools/ is this script's folder
 from run_notebooks import notebook_paths
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,8 +44,9 @@ def _index_page(readme: str, pages: list[str]) -> str:
     return readme + toctree
 
 
-def stage_sources(out: Path, repository: str | None) -> Path:
-    """Gather what the site is built from into ``out/source`` (replaced if it exists) and return it."""
+def stage_sources(out: Path, repository: str | None, notebooks: list[Path] | None = None) -> Path:
+    """Gather what the site is built from into ``out/source`` (replaced if it exists) and return it.
+    ``notebooks``: the series' notebooks in order (default: the committed ones)."""
     import nbformat
 
     source = out / "source"
@@ -51,23 +54,29 @@ def stage_sources(out: Path, repository: str | None) -> Path:
         shutil.rmtree(source)
     (source / "notebooks").mkdir(parents=True)
     shutil.copytree(REPO / "model_visualisation", source / "model_visualisation")
-    pages = []
-    for path in notebook_paths():
+    pages, without_cell = [], []
+    for path in notebooks or notebook_paths():
         nb = nbformat.read(path, as_version=4)
-        if repository:
+        if repository and first_code_cell(path) == setup_cell(repository):
             badge = f'<a class="vqvae-colab-badge" href="{colab_url(repository, path.name)}">Open in Colab</a>'
             nb.cells.insert(0, nbformat.v4.new_markdown_cell(badge))
+        elif repository:
+            without_cell.append(path.name)
         nbformat.write(nb, source / "notebooks" / path.name)
         pages.append(f"notebooks/{path.stem}")
-    (source / "index.md").write_text(_index_page((REPO / "README.md").read_text(), pages))
+    if without_cell:
+        print(f"no Open in Colab link on {len(without_cell)} pages, whose notebooks lack the Colab set-up cell for "
+              f"{repository} (python tools/colab.py --write): {', '.join(without_cell)}")  # fmt: skip
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    (source / "index.md").write_text(_index_page(readme, pages), encoding="utf-8")
     return source
 
 
-def build_site(out: Path, repository: str | None = None, quiet: bool = False) -> Path:
+def build_site(out: Path, repository: str | None = None, quiet: bool = False, notebooks: list[Path] | None = None) -> Path:
     """Stage the sources and run Sphinx on them (warnings are errors); returns ``out/html/index.html``."""
     from sphinx.cmd.build import build_main
 
-    source = stage_sources(out, repository)
+    source = stage_sources(out, repository, notebooks)
     args = ["-b", "html", "-c", str(REPO / "docs"), "-W", "--keep-going", "-d", str(out / "doctrees"), str(source), str(out / "html")]
     if quiet:
         args.insert(0, "-q")

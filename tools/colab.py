@@ -36,7 +36,8 @@ def github_repository(explicit: str | None = None, use_git: bool = True) -> str 
         if not match:
             raise ValueError(f"a GitHub repository is owner/name or its URL, got {explicit!r}")
         return match.group(1) if match.re is GITHUB else explicit
-    urls = tomllib.loads((REPO / "pyproject.toml").read_text()).get("project", {}).get("urls", {})
+    with open(REPO / "pyproject.toml", "rb") as file:
+        urls = tomllib.load(file).get("project", {}).get("urls", {})
     candidates = [urls.get("Repository")]
     if use_git:
         try:
@@ -72,7 +73,7 @@ if "google.colab" in sys.modules:
     # Colab's own torch, torchvision and ipywidgets stay; the library and what it needs on top of them go in
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--editable", CLONE], check=True)
     sys.path.insert(0, CLONE)  # the editable install is only on the path of kernels started after it
-    os.chdir(os.path.join(CLONE, "notebooks"))'''
+    os.chdir(CLONE + "/notebooks")'''
 
 
 def first_code_cell(path: Path) -> str | None:

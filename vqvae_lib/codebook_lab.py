@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .frame_player import FramePlayer
+from .frame_player import FramePlayer, bundle_with_copy
 from .quantizer import VectorQuantizer, VectorQuantizerEMA, nearest_code
 from .training import FitConfig, fit
 
 if TYPE_CHECKING:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
 __all__ = ["LabSettings", "LabModel", "LabSnapshot", "make_points", "run_lab", "plot_lab_run", "lab_run_player", "CodebookLab"]
@@ -278,8 +279,8 @@ def plot_lab_run(snapshots: list[LabSnapshot], settings: LabSettings, at: tuple[
 def lab_run_player(snapshots: list[LabSnapshot], settings: LabSettings, dpi: int = 60) -> FramePlayer:
     """A recorded run as a kernel-free :class:`~vqvae_lib.frame_player.FramePlayer`: the lab's picture at
     every snapshot (the same figure the widget redraws), captioned with the step and that step's codebook
-    usage. Each frame is a PNG of about 20 KB at the default ``dpi``; a 300-step run recorded every 10
-    steps weighs about 0.6 MB as a notebook output."""
+    usage. Each frame is a 64-colour PNG of about 10 KB at the default ``dpi``; a 300-step run recorded
+    every 10 steps (31 frames) weighs about 0.4 MB as a notebook output."""
     picture = _LivePicture(settings.num_codes, settings.steps, dpi)
     pngs, captions = [], []
     for snap in snapshots:
@@ -289,7 +290,7 @@ def lab_run_player(snapshots: list[LabSnapshot], settings: LabSettings, dpi: int
     return FramePlayer(pngs, captions, interval_ms=150, title=f"recorded run: {knobs}")
 
 
-def _png(canvas, optimize: bool = False) -> bytes:
+def _png(canvas: "FigureCanvasAgg", optimize: bool = False) -> bytes:
     """A drawn Agg canvas as PNG bytes: light compression for live redraws, the smallest file for recordings."""
     from PIL import Image
 
@@ -303,6 +304,7 @@ def _png(canvas, optimize: bool = False) -> bytes:
 
 
 def _usage(history: dict[str, list[float]]) -> str:
+    """The caption's end for a run's history so far: the last batch's perplexity and codes used."""
     if not history.get("perplexity"):
         return ""
     return f": perplexity {history['perplexity'][-1]:.1f}, codes used {history['codes_used'][-1]:.0f}"
@@ -418,10 +420,8 @@ class CodebookLab:
 
     def _repr_mimebundle_(self, **kwargs) -> dict:
         # a static page (no kernel) shows the text/html: the picture as it stands, and why Train is missing
-        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
-        bundle["text/html"] = (
-            '<div class="vqvae-codebook-lab-static"><p><em>The lab trains in a running notebook (JupyterLab, or Colab '
-            "from the badge at the top of the page); without a kernel this is its starting picture.</em></p>"
-            f'<img alt="the codebook lab before training" src="data:image/png;base64,{base64.b64encode(self.image.value).decode()}"></div>'
-        )
-        return bundle
+        picture = base64.b64encode(self.image.value).decode()
+        copy = ('<div class="vqvae-codebook-lab-static"><p><em>The lab trains in a running notebook (JupyterLab, or Colab); '
+                "without a kernel this is its picture as it was displayed.</em></p>"
+                f'<img alt="the codebook lab\'s picture" src="data:image/png;base64,{picture}"></div>')  # fmt: skip
+        return bundle_with_copy(self.widget, copy, **kwargs)

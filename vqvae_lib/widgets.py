@@ -16,7 +16,7 @@ import io
 from PIL import Image
 from torch import Tensor
 
-from .frame_player import FramePlayer
+from .frame_player import FramePlayer, bundle_with_copy
 from .interpolation import frames_to_uint8
 
 __all__ = ["frames_to_png", "InterpolationScrubber", "InterpolationExplorer"]
@@ -39,7 +39,7 @@ class InterpolationScrubber:
     (e.g. after choosing other images) without rebuilding the controls.
     """
 
-    def __init__(self, frames: Tensor, scale: int = 4, interval_ms: int = 120, description: str = "t") -> None:
+    def __init__(self, frames: Tensor, scale: int = 4, interval_ms: int = 120, description: str = "frame") -> None:
         import ipywidgets as widgets
 
         self._widgets = widgets
@@ -72,13 +72,12 @@ class InterpolationScrubber:
         return FramePlayer(self.pngs, _captions(len(self.pngs)), interval_ms=self.play.interval)
 
     def _repr_mimebundle_(self, **kwargs) -> dict:
-        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
-        bundle["text/html"] = self.player()._repr_html_()
-        return bundle
+        return bundle_with_copy(self.widget, self.player()._repr_html_(), **kwargs)
 
 
 def _captions(n: int) -> list[str]:
-    return [f"frame {t} of {n - 1}  (alpha = {t / max(1, n - 1):.2f})" for t in range(n)]
+    """The line under frame ``i`` of ``n``: its index and where it lies on the path, ``t = i / (n - 1)``."""
+    return [f"frame {i} of {n - 1}  (t = {i / max(1, n - 1):.2f})" for i in range(n)]
 
 
 class InterpolationExplorer:
@@ -127,8 +126,8 @@ class InterpolationExplorer:
     def player(self) -> FramePlayer:
         """The current model and images as a kernel-free :class:`FramePlayer`, both spaces as tracks
         (what a static page shows): one more batched decode, for the space not on screen."""
-        tracks = {space: self.scrubber.pngs if space == self.space.value else frames_to_png(self._frames(space), self.scrubber.scale)
-                  for space in self.space.options}  # fmt: skip
+        others = [space for space in self.space.options if space != self.space.value]  # the space on screen first
+        tracks = {self.space.value: self.scrubber.pngs, **{s: frames_to_png(self._frames(s), self.scrubber.scale) for s in others}}
         title = f"{self.model_choice.value}: test images {self.index_a.value} and {self.index_b.value}"
         return FramePlayer(tracks, _captions(len(self.scrubber.pngs)), interval_ms=self.scrubber.play.interval, title=title)
 
@@ -139,6 +138,4 @@ class InterpolationExplorer:
         self.scrubber.set_frames(self._frames())
 
     def _repr_mimebundle_(self, **kwargs) -> dict:
-        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
-        bundle["text/html"] = self.player()._repr_html_()
-        return bundle
+        return bundle_with_copy(self.widget, self.player()._repr_html_(), **kwargs)
