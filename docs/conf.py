@@ -42,6 +42,7 @@ html_theme_options = {
     "show_toc_level": 2,
     "use_download_button": True,  # the page's .ipynb, to run it locally
     "home_page_in_toc": True,
+    "navbar_persistent": [],  # else a second search field in a bar above the page (the sidebar has one)
 }
 html_show_sourcelink = False
 # Search results without a text snippet: the snippet is fetched from each result's page, which a
