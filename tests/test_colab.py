@@ -59,11 +59,11 @@ def test_setup_cells_are_written_once_first_and_kept_up_to_date(tmp_path):
     for path, old in zip(paths, before):
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)
-        assert first_code_cell(path) == setup_cell(REPOSITORY)
+        assert first_code_cell(nb) == setup_cell(REPOSITORY)
         assert len(nb.cells) == len(old.cells) + 1 and nb.cells[0].cell_type == old.cells[0].cell_type, "after the title"
     assert write_setup_cells("other/name", paths) == paths  # a new name replaces the cell, never adds one
     assert all(len(nbformat.read(p, as_version=4).cells) == len(o.cells) + 1 for p, o in zip(paths, before))
-    assert "github.com/other/name" in first_code_cell(paths[0])
+    assert "github.com/other/name" in first_code_cell(nbformat.read(paths[0], as_version=4))
 
 
 @pytest.mark.parametrize("given, expected", [

@@ -30,12 +30,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 __all__ = ["stage_sources", "build_site"]
 
+
 def _index_page(readme: str, pages: list[str]) -> str:
     # links to files that are not pages of the site (benchmarks/README.md is one) become plain text
     # naming the file, instead of links that would lead nowhere
     def unlink(match: re.Match) -> str:
         text, target = match.group(1), match.group(2)
-        if target.startswith(("http://", "https://", "#")) or target.startswith(("notebooks/", "model_visualisation/")):
+        if target.startswith(("http://", "https://", "#", "notebooks/", "model_visualisation/")):
             return match.group(0)
         return f"{text} (`{target}` in the repository)" if text != target else f"`{target}` (in the repository)"
 
@@ -57,7 +58,7 @@ def stage_sources(out: Path, repository: str | None, notebooks: list[Path] | Non
     pages, without_cell = [], []
     for path in notebooks or notebook_paths():
         nb = nbformat.read(path, as_version=4)
-        if repository and first_code_cell(path) == setup_cell(repository):
+        if repository and first_code_cell(nb) == setup_cell(repository):
             badge = f'<a class="vqvae-colab-badge" href="{colab_url(repository, path.name)}">Open in Colab</a>'
             nb.cells.insert(0, nbformat.v4.new_markdown_cell(badge))
         elif repository:

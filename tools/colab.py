@@ -76,12 +76,14 @@ if "google.colab" in sys.modules:
     os.chdir(CLONE + "/notebooks")'''
 
 
-def first_code_cell(path: Path) -> str | None:
-    """The source of a notebook's first code cell (None if it has none)."""
-    import nbformat
+def _first_code_index(nb) -> int | None:
+    return next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), None)
 
-    nb = nbformat.read(path, as_version=4)
-    return next((c.source for c in nb.cells if c.cell_type == "code"), None)
+
+def first_code_cell(nb) -> str | None:
+    """The source of a notebook's (an nbformat notebook's) first code cell; None if it has none."""
+    first = _first_code_index(nb)
+    return None if first is None else nb.cells[first].source
 
 
 def write_setup_cells(repository: str, paths: list[Path] | None = None) -> list[Path]:
@@ -92,7 +94,7 @@ def write_setup_cells(repository: str, paths: list[Path] | None = None) -> list[
     source = setup_cell(repository)
     for path in paths or notebook_paths():
         nb = nbformat.read(path, as_version=4)
-        first = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), None)
+        first = _first_code_index(nb)
         if first is not None and nb.cells[first].source.startswith(MARKER):
             if nb.cells[first].source == source:
                 continue
@@ -117,7 +119,9 @@ def main() -> None:
         changed = write_setup_cells(repository)
         print(f"{len(changed)} notebooks changed" + "".join(f"\n  {p.name}" for p in changed))
     else:
-        current = [p.name for p in notebook_paths() if first_code_cell(p) == setup_cell(repository)]
+        import nbformat
+
+        current = [p.name for p in notebook_paths() if first_code_cell(nbformat.read(p, as_version=4)) == setup_cell(repository)]
         print(f"repository {repository}; the up-to-date set-up cell is first in {len(current)} notebooks: {', '.join(current)}")
 
 

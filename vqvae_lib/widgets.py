@@ -65,7 +65,7 @@ class InterpolationScrubber:
     def _show(self, change: dict | None = None) -> None:
         t = self.slider.value
         self.image.value = self.pngs[t]
-        self.label.value = _captions(len(self.pngs))[t]
+        self.label.value = _caption(t, len(self.pngs))
 
     def player(self) -> FramePlayer:
         """The frames as a kernel-free :class:`FramePlayer` (what a static page shows)."""
@@ -75,9 +75,13 @@ class InterpolationScrubber:
         return bundle_with_copy(self.widget, self.player()._repr_html_(), **kwargs)
 
 
-def _captions(n: int) -> list[str]:
+def _caption(i: int, n: int) -> str:
     """The line under frame ``i`` of ``n``: its index and where it lies on the path, ``t = i / (n - 1)``."""
-    return [f"frame {i} of {n - 1}  (t = {i / max(1, n - 1):.2f})" for i in range(n)]
+    return f"frame {i} of {n - 1}  (t = {i / max(1, n - 1):.2f})"
+
+
+def _captions(n: int) -> list[str]:
+    return [_caption(i, n) for i in range(n)]
 
 
 class InterpolationExplorer:
