@@ -1,4 +1,4 @@
-"""How live the codebook lab of notebook 3 is: time per training step, per redraw, and per update (the
+"""How live the codebook lab of notebook 4 is: time per training step, per redraw, and per update (the
 steps between two redraws plus the redraw), which is what a reader pressing Train waits for each frame.
 
     python benchmarks/codebook_lab.py [--every 10] [--dpi 72]

@@ -1,4 +1,4 @@
-"""Which part of the rotation trick costs on MNIST? Notebook 4's recipe (2,800 steps) with the rotation
+"""Which part of the rotation trick costs on MNIST? Notebook 5's recipe (2,800 steps) with the rotation
 trick, its scaling alone, its rotation alone, or changed settings; one variant per process.
 
     python benchmarks/rotation_trick.py full           # gradient="rotation": lambda R^T g

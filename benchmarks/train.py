@@ -10,7 +10,7 @@ MNIST is evaluated on its 10,000 test images; CIFAR10 on the 1,000 exact-pixel t
 nothing), otherwise on the regular test split. Prints a line every ``--eval-every`` steps and a
 summary table at the end; "train s" counts from the first step (the codebook's data initialisation
 included) and leaves out the evaluations, whose time is "eval s". With ``--prior`` it then encodes
-the training and test images and trains notebook 8's Gated PixelCNN on the codes (``--prior-steps``,
+the training and test images and trains notebook 9's Gated PixelCNN on the codes (``--prior-steps``,
 ``--prior-set FIELD=VALUE``), printing the encoding time, the prior's training time and its test
 negative log-likelihood per code.
 """
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override TrainConfig fields")
     parser.add_argument("--prior", action="store_true", help="then train a PixelCNN prior on the model's codes")
     parser.add_argument("--pretrained", action="store_true", help="with --prior: skip VQ-VAE training, use data/pretrained")
-    parser.add_argument("--prior-steps", type=int, default=None, help="default: notebook 8's")
+    parser.add_argument("--prior-steps", type=int, default=None, help="default: notebook 9's")
     parser.add_argument("--prior-set", nargs="*", default=[], metavar="FIELD=VALUE", help="override PriorConfig fields (channels, num_layers, lr, ...)")
     args = parser.parse_args()
     if args.threads:

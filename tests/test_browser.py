@@ -1,8 +1,8 @@
 """The widgets in a real browser: JupyterLab on 127.0.0.1, headless Debian Chromium driven by Playwright.
 
 The tests start JupyterLab with a fresh token on a free port, open a copy of a notebook and run every
-cell in fast mode. Notebook 07: move the interpolation slider with the keyboard, check that the
-displayed frame changes and that the Play button advances it. Notebook 03: press the codebook lab's
+cell in fast mode. Notebook 08: move the interpolation slider with the keyboard, check that the
+displayed frame changes and that the Play button advances it. Notebook 04: press the codebook lab's
 Train button and check that the picture is redrawn as the run goes and the run finishes. No cell may
 show an error. Screenshots go to
 ``test-artifacts/browser/``. Needs Debian's ``chromium`` (``/usr/bin/chromium``, installed by
@@ -27,8 +27,8 @@ import pytest
 from conftest import REPO
 
 ARTIFACTS = REPO / "test-artifacts" / "browser"
-NOTEBOOK = "07_latent_interpolation.ipynb"
-LAB_NOTEBOOK = "03_the_three_part_loss.ipynb"
+NOTEBOOK = "08_latent_interpolation.ipynb"
+LAB_NOTEBOOK = "04_codebook_collapse.ipynb"
 ERROR_TEXT = re.compile(r"Traceback \(most recent call last\)|^\w*Error\b", re.M)
 
 pytestmark = pytest.mark.browser

@@ -1,4 +1,4 @@
-"""The codebook lab of notebook 3: its knobs change what notebook 3 says they change, on its own data,
+"""The codebook lab of notebook 4: its knobs change what notebook 4 says they change, on its own data,
 and the widget trains and redraws."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def test_runs_are_reproducible_and_restarts_undo_the_collapse_of_the_plain_codeb
     first, again = run_lab(plain, every=300), run_lab(plain, every=300)
     assert [s.step for s in first] == [0, 300]
     assert (first[-1].codes == again[-1].codes).all()  # same seed, same machine: bit for bit
-    # what notebook 3 teaches, on the lab's data: a uniform +-1/K start collapses onto a few codes, and
+    # what notebook 4 teaches, on the lab's data: a uniform +-1/K start collapses onto a few codes, and
     # restarts (or a k-means start with them) keep many more in use. Measured (perplexity of K = 16,
     # seeds 0 / 1 / 2, the same with AVX2 and AVX-512 kernels): plain 5.2 / 4.4 / 4.1, restarts 11.2 /
     # 11.0 / 8.0, k-means + restarts 10.4 / 9.2 / 9.8. The smallest ratio is 2.0, so 1.5 leaves room for
@@ -80,7 +80,7 @@ def test_an_error_during_training_is_shown_where_the_reader_looks():
 
 
 def test_a_recorded_run_plays_without_a_kernel():
-    # notebook 3's recorded runs on a static page: one frame per snapshot, each the lab's own picture of
+    # notebook 4's recorded runs on a static page: one frame per snapshot, each the lab's own picture of
     # that snapshot, captioned with its step; the lab itself falls back to its starting picture
     import base64
     import io

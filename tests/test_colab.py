@@ -74,7 +74,7 @@ def test_setup_cells_are_written_once_first_and_kept_up_to_date(tmp_path):
 ])  # fmt: skip
 def test_repository_names_are_read_from_what_people_paste(given, expected):
     assert github_repository(given) == expected
-    assert colab_url(expected, "04_mnist.ipynb") == f"https://colab.research.google.com/github/{expected}/blob/main/notebooks/04_mnist.ipynb"
+    assert colab_url(expected, "05_mnist.ipynb") == f"https://colab.research.google.com/github/{expected}/blob/main/notebooks/05_mnist.ipynb"
 
 
 def test_a_repository_elsewhere_is_refused():

@@ -356,7 +356,7 @@ def test_batch_larger_than_dataset_is_refused():
 
 
 def test_a_plain_loop_over_the_loader_reshuffles_every_epoch():
-    # the by-hand training loop of notebook 4 iterates the loader epoch after epoch without set_epoch:
+    # the by-hand training loop of notebook 5 iterates the loader epoch after epoch without set_epoch:
     # each pass must be a new order (as a DataLoader's is), and a resumable run must still match
     from vqvae_lib import TensorImageDataset, make_loader
 
@@ -367,7 +367,7 @@ def test_a_plain_loop_over_the_loader_reshuffles_every_epoch():
     again = make_loader(data, 8, seed=3)
     stream = again.batches_from(0)
     assert [int(next(stream)[1][0]) for _ in range(16)] == first + second, "batches_from must match a plain loop"
-    # the classic bug keeps drawing the first batch of epoch 0: the behaviour notebook 4's exercise shows
+    # the classic bug keeps drawing the first batch of epoch 0: the behaviour notebook 5's exercise shows
     assert len({tuple(next(iter(loader))[1].tolist()) for _ in range(5)}) == 1
 
 

@@ -146,7 +146,7 @@ def test_ema_update():
         assert not result and message in result.message, (message, result.message)
 
 
-# -- residual block (notebook 4) -------------------------------------------------------------------
+# -- residual block (notebook 5) -------------------------------------------------------------------
 
 
 class ResidualBlockReference(nn.Module):
@@ -188,7 +188,7 @@ def test_wrong_residual_blocks_are_explained(wrong, message):
     assert not result and message in result.message
 
 
-# -- slerp (notebook 7) ---------------------------------------------------------------------------
+# -- slerp (notebook 8) ---------------------------------------------------------------------------
 
 
 def slerp_reference(a, b, t):
@@ -224,7 +224,7 @@ def test_slerp():
         assert not result and message in result.message, (message, result.message)
 
 
-# -- causal masks (notebook 8) --------------------------------------------------------------------
+# -- causal masks (notebook 9) --------------------------------------------------------------------
 
 
 def causal_mask_reference(k, include_center):

@@ -95,7 +95,7 @@ def test_eval_mode_restores_the_mode_even_after_an_error():
 
 def test_encode_indices_looks_codes_up_without_changing_them():
     """Asking for one image's codes before training (a shape check) must not seed the codebook from
-    that image: notebooks 4 and 5 once did, and the k-means init then saw 49 vectors for 128 codes."""
+    that image: notebooks 5 and 6 once did, and the k-means init then saw 49 vectors for 128 codes."""
     torch.manual_seed(0)
     model = VQVAE(in_channels=1, hidden_channels=16, residual_hidden_channels=8, embedding_dim=4, num_embeddings=32,
                   ema=True, data_init="kmeans", dead_code_threshold=2)

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from run_notebooks import execute_notebook, notebook_paths  # noqa: E402
 
 NOTEBOOKS = notebook_paths()
-TRAINING = {"03", "04", "05", "06", "09"}  # notebooks that train VQ-VAEs and must print test metrics
+TRAINING = {"04", "05", "06", "07", "10"}  # notebooks that train VQ-VAEs and must print test metrics
 EVAL_LINE = re.compile(r"step\s+(\d+) \|\s+[\d.]+ s training \| test mse ([\d.]+) nmse ([\d.]+)")
 SUMMARY_LINE = re.compile(r"test NMSE ([\d.]+) \| perplexity")
 # an absolute path of the machine that ran a notebook: a POSIX home, temp or mount folder, or a drive
@@ -38,7 +38,7 @@ def _pngs(nb) -> int:
 
 def test_the_series_is_complete():
     names = [p.name for p in NOTEBOOKS]
-    assert [n[:2] for n in names] == ["01", "02", "03", "04", "05", "06", "07", "08", "09"], names
+    assert [n[:2] for n in names] == ["01", "02", "03", "04", "05", "06", "07", "08", "09", "10"], names
 
 
 @pytest.fixture(scope="module")
@@ -68,24 +68,24 @@ def test_notebook_runs_in_fast_mode(path: Path, run_dir: Path):
         if evals:  # train()'s own report: "step N | ... | test mse ... nmse ..."
             assert max(s for s, _ in evals) >= 30
             nmses = [n for _, n in evals]
-        else:  # notebook 03 compares five quiet runs and prints one "test NMSE" line for each
+        else:  # notebook 04 compares five quiet runs and prints one "test NMSE" line for each
             nmses = [float(n) for n in SUMMARY_LINE.findall(text)]
-            assert len(nmses) == 5, "notebook 03 should report its five codebook variants"
+            assert len(nmses) == 5, "notebook 04 should report its five codebook variants"
         assert nmses, "the notebook printed no test evaluation: did it train?"
         assert all(0 < n < 1.0 for n in nmses), "test NMSE not below 1: the model learned nothing"
-    if path.name.startswith("08"):  # three priors trained: MNIST's and CIFAR10's beat the uniform prior on test codes
+    if path.name.startswith("09"):  # three priors trained: MNIST's and CIFAR10's beat the uniform prior on test codes
         priors = [(float(nll), float(log_k)) for nll, log_k in PRIOR_LINE.findall(text)]
-        assert len(priors) == 3, "notebook 08 should report the MNIST, CIFAR10 and photo priors' test NLL"
+        assert len(priors) == 3, "notebook 09 should report the MNIST, CIFAR10 and photo priors' test NLL"
         assert all(nll < log_k for nll, log_k in priors[:2]), priors
-    if path.name.startswith("09"):  # ten quantizer runs (five on MNIST, five on CIFAR10), each with a prior
+    if path.name.startswith("10"):  # ten quantizer runs (five on MNIST, five on CIFAR10), each with a prior
         assert len(re.findall(r"^\S.*: trained \d+ steps in", text, re.M)) == 10
         assert len(re.findall(r"prior test NLL [\d.]+ bits per code", text)) == 10
-    if path.name.startswith("07"):
+    if path.name.startswith("08"):
         gifs = list((run_dir / "interpolations").glob("*.gif"))
         assert {g.stem for g in gifs} >= {"mnist_interpolation"}, gifs
 
 
-PRETRAINED = [p for p in NOTEBOOKS if p.name[:2] in {"04", "05", "06", "08", "09"}]
+PRETRAINED = [p for p in NOTEBOOKS if p.name[:2] in {"05", "06", "07", "09", "10"}]
 
 
 @pytest.mark.notebooks
@@ -93,22 +93,22 @@ PRETRAINED = [p for p in NOTEBOOKS if p.name[:2] in {"04", "05", "06", "08", "09
 def test_notebook_runs_with_the_committed_models(path: Path, run_dir: Path):
     # a reader who does not want to train: USE_PRETRAINED = True loads data/pretrained/ onto the notebook's
     # device and everything after it runs; the long runs are skipped (no "trained N steps" or prior line;
-    # notebook 4's short by-hand runs still train, they are the lesson)
+    # notebook 5's short by-hand runs still train, they are the lesson)
     nb = execute_notebook(path, fast=True, output=run_dir / "pretrained" / path.name, timeout=900, pretrained=True)
     text = _text(nb)
     assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
     trained = [line for line in text.splitlines() if re.match(r"trained \d+ steps|prior: [\d,]+ parameters", line)]
     assert not trained, trained
-    if path.name.startswith("08"):
+    if path.name.startswith("09"):
         priors = [(float(nll), float(log_k)) for nll, log_k in PRIOR_LINE.findall(text)]
         assert len(priors) == 2 and all(nll < log_k for nll, log_k in priors), priors
 
 
 @pytest.mark.notebooks
 def test_notebooks_6_to_8_run_on_a_small_folder_of_ones_own(shared_root, tmp_path, monkeypatch):
-    """A first try with 19 of one's own photos, as a new user makes it: notebook 6 adapts (batch, held-out
-    part) and says what so few images mean; notebook 7 offers the model in its explorer, on the folder's
-    photos; notebook 8 trains a prior on its codes and samples from it."""
+    """A first try with 19 of one's own photos, as a new user makes it: notebook 7 adapts (batch, held-out
+    part) and says what so few images mean; notebook 8 offers the model in its explorer, on the folder's
+    photos; notebook 9 trains a prior on its codes and samples from it."""
     import shutil
 
     folder = tmp_path / "my photos"
@@ -118,17 +118,17 @@ def test_notebooks_6_to_8_run_on_a_small_folder_of_ones_own(shared_root, tmp_pat
     monkeypatch.setenv("VQVAE_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))  # this reader's runs only
     by_name = {p.name[:2]: p for p in NOTEBOOKS}
     texts = {}
-    for number in ("06", "07", "08"):
+    for number in ("07", "08", "09"):
         nb = execute_notebook(by_name[number], fast=True, output=tmp_path / by_name[number].name, timeout=900,
-                              image_folder=folder if number == "06" else None)  # fmt: skip
+                              image_folder=folder if number == "07" else None)  # fmt: skip
         assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
         texts[number] = _text(nb)
-    assert re.search(r"19 images: 1\d to train on, \d held out to test on; batches of 1\d\.", texts["06"])
-    assert "So few images" in texts["06"]
+    assert re.search(r"19 images: 1\d to train on, \d held out to test on; batches of 1\d\.", texts["07"])
+    assert "So few images" in texts["07"]
     assert (tmp_path / "checkpoints" / "my_images.pt").exists()
-    assert re.search(r"my_images: .*my_images\.pt \(step \d+\), on \d+ photos of your folder", texts["07"])
+    assert re.search(r"my_images: .*my_images\.pt \(step \d+\), on \d+ photos of your folder", texts["08"])
     assert (tmp_path / "interpolations" / "my_images_interpolation.gif").exists()
-    assert "your photos: " in texts["08"] and "your photos prior:" in texts["08"]
+    assert "your photos: " in texts["09"] and "your photos prior:" in texts["09"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -198,11 +198,11 @@ def test_a_widget_with_an_html_copy_is_committed_as_the_copy():
 
 def test_committed_players_carry_the_current_script():
     # the kernel-free players are committed as HTML with their script inlined at execution time: a change
-    # to vqvae_lib/frame_player.py must be followed by re-executing notebooks 3 and 7, or the website
+    # to vqvae_lib/frame_player.py must be followed by re-executing notebooks 4 and 7, or the website
     # would keep running the old script
     from vqvae_lib.frame_player import _SCRIPT
 
-    for prefix, players in (("03_", 2), ("07_", 1)):
+    for prefix, players in (("04_", 2), ("08_", 1)):
         (path,) = [p for p in NOTEBOOKS if p.name.startswith(prefix)]
         html = ["".join(o["data"]["text/html"]) for c in json.loads(path.read_text(encoding="utf-8"))["cells"] for o in c.get("outputs", [])
                 if "vqvae-player-data" in "".join(o.get("data", {}).get("text/html", ""))]  # fmt: skip

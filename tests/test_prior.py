@@ -77,7 +77,7 @@ def test_a_shallow_stack_leaves_far_positions_unseen_which_the_default_depth_cov
 
 @pytest.mark.parametrize("name, k, grid", [("mnist", 128, (7, 7)), ("cifar10", 512, (8, 8))])
 def test_notebook_priors_see_every_earlier_code_of_their_grid(name, k, grid):
-    # notebook 8's presets are shallower than h + w layers; the vertical stack must still reach the
+    # notebook 9's presets are shallower than h + w layers; the vertical stack must still reach the
     # top-right corner from the bottom-left, or part of the past would be silently ignored
     prior = PriorConfig.preset(name).build_prior(k, grid, num_classes=10).double().eval()
     h, w = grid

@@ -157,8 +157,7 @@ def test_losses_are_the_papers_terms():
 def test_ema_codebook_moves_towards_assigned_outputs_without_optimizer():
     torch.manual_seed(0)
     q = VectorQuantizerEMA(4, 2, decay=0.9).train()
-    with torch.no_grad():
-        q._set_codes(torch.arange(4), torch.tensor([[0.0, 0.0], [10.0, 10.0], [-10.0, 10.0], [10.0, -10.0]]))
+    q.set_codes(torch.tensor([[0.0, 0.0], [10.0, 10.0], [-10.0, 10.0], [10.0, -10.0]]))
     target = torch.tensor([1.0, 1.0])
     z_e = (target + 0.01 * torch.randn(64, 2)).T.reshape(1, 2, 8, 8)
     before = (q.codebook[0] - target).norm()
@@ -168,6 +167,26 @@ def test_ema_codebook_moves_towards_assigned_outputs_without_optimizer():
     assert after < 0.1 * before
     assert not any(p.requires_grad for p in q.parameters())
     assert q(z_e).codebook_loss.requires_grad is False
+
+
+@pytest.mark.parametrize("cls", [VectorQuantizer, VectorQuantizerEMA])
+def test_set_codes_replaces_codes_and_resets_their_statistics(cls):
+    torch.manual_seed(0)
+    q = cls(4, 2, decay=0.5) if cls is VectorQuantizerEMA else cls(4, 2)
+    q.train()(torch.randn(1, 2, 4, 4))  # one update: an EMA quantizer's counts are no longer 1
+    codes = torch.tensor([[0.0, 0.0], [10.0, 10.0], [-10.0, 10.0], [10.0, -10.0]])
+    q.set_codes(codes)
+    assert torch.equal(q.codebook, codes)
+    q.set_codes(torch.tensor([[5.0, 5.0]]), rows=torch.tensor([2]))
+    assert torch.equal(q.codebook[2], torch.tensor([5.0, 5.0])) and torch.equal(q.codebook[1], codes[1])
+    if cls is VectorQuantizerEMA:  # as at construction: count 1, sum the code, so the next mean starts there
+        assert torch.equal(q.ema_cluster_size, torch.ones(4)) and torch.equal(q.ema_embed_sum, q.codebook)
+    # the lookup uses them: a point next to a code is assigned to it
+    assert q.eval()(torch.tensor([9.0, -9.0]).reshape(1, 2, 1, 1)).indices.item() == 3
+    with pytest.raises(ValueError, match=r"shape \(4, 2\)"):
+        q.set_codes(torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="code indices"):
+        q.set_codes(torch.zeros(1, 2), rows=torch.tensor([4]))
 
 
 def test_ema_stays_finite_with_unused_codes():
@@ -195,8 +214,8 @@ def test_dead_code_restart_revives_unused_codes(cls):
     torch.manual_seed(0)
     z_e = _clusters()
     q = cls(16, 2, dead_code_threshold=3).train()
-    with torch.no_grad():  # every code far away on one side: one code wins everything
-        q._set_codes(torch.arange(16), torch.full((16, 2), 100.0) + torch.arange(16.0)[:, None])
+    # every code far away on one side: one code wins everything
+    q.set_codes(torch.full((16, 2), 100.0) + torch.arange(16.0)[:, None])
     first = q(z_e)
     assert torch.unique(first.indices).numel() == 1
     for _ in range(4):
@@ -215,8 +234,7 @@ def test_data_init_gives_high_perplexity_from_the_first_step(cls, method):
     z_e = _clusters()
     torch.manual_seed(0)
     plain = cls(16, 2).train()
-    with torch.no_grad():
-        plain._set_codes(torch.arange(16), torch.rand(16, 2) * 0.01 + 20)
+    plain.set_codes(torch.rand(16, 2) * 0.01 + 20)
     torch.manual_seed(0)
     initialised = cls(16, 2, data_init=method).train()
     low, high = plain(z_e).perplexity, initialised(z_e).perplexity

@@ -5,8 +5,8 @@ The site is built once into a temporary folder (with a stand-in GitHub name, so 
 drawn) and opened from disk (``file://``), as a reader who built it would open it. Every request that
 is not for a file of the site is refused and recorded, and Chromium resolves no host names at all.
 Every page: it loads with no console error and no failed request, each formula is typeset by MathJax
-(no TeX error), every image decodes. The interpolation player of notebook 7 and the recorded runs of
-notebook 3: moving the slider, pressing Play and choosing the other space change the picture, with no
+(no TeX error), every image decodes. The interpolation player of notebook 8 and the recorded runs of
+notebook 4: moving the slider, pressing Play and choosing the other space change the picture, with no
 kernel. Search finds a word of the lessons. Screenshots go to ``test-artifacts/site/``.
 """
 
@@ -22,7 +22,7 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "tools"))
-from build_site import build_site  # noqa: E402
+from build_site import DOC_PAGES, build_site  # noqa: E402
 from colab import colab_url, write_setup_cells  # noqa: E402
 from run_notebooks import notebook_paths  # noqa: E402
 
@@ -84,7 +84,7 @@ def _open(page, site: Path, name: str) -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["index", *(f"notebooks/{n}" for n in NOTEBOOKS)])
+@pytest.mark.parametrize("name", ["index", *(f"notebooks/{n}" for n in NOTEBOOKS), *(f"docs/{p}" for p in DOC_PAGES)])
 def test_every_page_reads_offline(offline_page, site, name):
     page, problems, refused = offline_page
     problems.clear()
@@ -95,7 +95,7 @@ def test_every_page_reads_offline(offline_page, site, name):
     assert not refused, f"the page asked for something outside the site: {refused}"
 
     math = page.locator("span.math, div.math")
-    if name != "index":
+    if name.startswith("notebooks/"):
         assert math.count() > 0, "every notebook page has formulas"
     untypeset = page.evaluate("[...document.querySelectorAll('span.math, div.math')]"
                               ".filter(m => !m.querySelector('mjx-container svg')).length")
@@ -108,9 +108,15 @@ def test_every_page_reads_offline(offline_page, site, name):
     if name == "index":
         assert page.locator("img[src$='mnist_interpolation.gif']").count() == 1
         nav = page.locator("nav.bd-docs-nav a.reference.internal").all_inner_texts()
-        # the intro page, then every notebook in the series' order (their titles are numbered)
-        assert [t.split(".")[0] for t in nav[1:]] == [str(int(n[:2])) for n in NOTEBOOKS], nav
-    else:
+        # the intro page, then every notebook in the series' order (their titles are numbered), then the
+        # reference pages
+        numbered = nav[1 : 1 + len(NOTEBOOKS)]
+        assert [t.split(".")[0] for t in numbered] == [str(int(n[:2])) for n in NOTEBOOKS], nav
+        assert len(nav) == 1 + len(NOTEBOOKS) + len(DOC_PAGES), nav
+        # the README's links to those pages lead to them on the site
+        for doc in DOC_PAGES:
+            assert page.locator(f"article a[href$='docs/{doc}.html']").count() >= 1, doc
+    elif name.startswith("notebooks/"):
         badge = page.locator("a.vqvae-colab-badge")
         assert badge.count() == 1 and badge.get_attribute("href") == colab_url(REPOSITORY, name.split("/")[1] + ".ipynb")
         assert page.locator("div.cell_output").count() > 0, "the committed outputs are on the page"
@@ -132,9 +138,9 @@ def _wait_for_new_frame(page, player, old: str) -> None:
 def test_interpolation_player_works_without_a_kernel(offline_page, site):
     page, problems, refused = offline_page
     problems.clear()
-    _open(page, site, "notebooks/" + next(n for n in NOTEBOOKS if n.startswith("07_")))
+    _open(page, site, "notebooks/" + next(n for n in NOTEBOOKS if n.startswith("08_")))
     player = page.locator(".vqvae-player")
-    assert player.count() == 1, "notebook 7's explorer left no player on the page"
+    assert player.count() == 1, "notebook 8's explorer left no player on the page"
     player.scroll_into_view_if_needed()
     slider, caption = player.locator("input.vqvae-player-slider"), player.locator(".vqvae-player-caption")
     assert slider.is_visible(), "the controls stay hidden: the player's script did not run"
@@ -150,7 +156,7 @@ def test_interpolation_player_works_without_a_kernel(offline_page, site):
 
     player.locator("input.vqvae-player-track[value='quantized']").check()
     assert _frame(player) != moved and caption.inner_text().startswith("frame 6 of"), "the other space, same position"
-    page.screenshot(path=str(ARTIFACTS / "07_player_quantized.png"))
+    page.screenshot(path=str(ARTIFACTS / "08_player_quantized.png"))
 
     before = _frame(player)
     play = player.locator("button.vqvae-player-play")
@@ -165,7 +171,7 @@ def test_interpolation_player_works_without_a_kernel(offline_page, site):
 def test_recorded_lab_runs_play_without_a_kernel(offline_page, site):
     page, problems, refused = offline_page
     problems.clear()
-    _open(page, site, "notebooks/" + next(n for n in NOTEBOOKS if n.startswith("03_")))
+    _open(page, site, "notebooks/" + next(n for n in NOTEBOOKS if n.startswith("04_")))
     assert page.locator(".vqvae-codebook-lab-static img").count() == 1, "the lab's own output: its starting picture"
     players = page.locator(".vqvae-player")
     assert players.count() == 2, "two recorded runs"
@@ -178,7 +184,7 @@ def test_recorded_lab_runs_play_without_a_kernel(offline_page, site):
         slider.press("End")
         assert re.match(r"step (\d+) of \1: perplexity", player.locator(".vqvae-player-caption").inner_text())
         assert _frame(player) != start
-    page.screenshot(path=str(ARTIFACTS / "03_recorded_run.png"))
+    page.screenshot(path=str(ARTIFACTS / "04_recorded_run.png"))
     assert not problems and not refused, (problems, refused)
 
 

@@ -1,12 +1,13 @@
-"""Build the website: the README as the intro page and one page per committed notebook, in order.
+"""Build the website: the README as the intro page, one page per committed notebook in order, then the
+reference pages in ``docs/`` (the library, your own images, results, development).
 
     python tools/build_site.py                 # -> _site/html/index.html (git-ignored); open it in a browser
     python tools/build_site.py --out DIR       # build somewhere else
 
 Nothing is executed and nothing is fetched: the notebooks are shown as committed (full-mode outputs),
 Sphinx + myst-nb + sphinx-book-theme render them, and MathJax and the search index are copied into the
-site. The sources are gathered into ``<out>/source`` first, because the pages live in three folders of
-the repository (README, ``notebooks/``, ``model_visualisation/``) and a notebook page may get a first
+site. The sources are gathered into ``<out>/source`` first, because the pages live in four folders of
+the repository (README, ``notebooks/``, ``docs/``, ``model_visualisation/``) and a notebook page may get a first
 cell that the committed notebook does not have: its "Open in Colab" link.
 
 The Colab link needs the repository's GitHub name ("owner/name"): ``--repository``, else ``[project.urls]
@@ -31,16 +32,26 @@ REPO = Path(__file__).resolve().parent.parent
 __all__ = ["stage_sources", "build_site"]
 
 
-def _index_page(readme: str, pages: list[str]) -> str:
-    # links to files that are not pages of the site (benchmarks/README.md is one) become plain text
-    # naming the file, instead of links that would lead nowhere
+# the pages beside the notebooks, from docs/, in the order of the sidebar (after the notebooks)
+DOC_PAGES = ["library", "your_own_images", "results", "development"]
+
+
+def _site_links(markdown: str, keep: tuple[str, ...]) -> str:
+    """Links to files that are not pages of the site (``benchmarks/README.md`` is one) become plain text
+    naming the file, instead of links that would lead nowhere; links starting with ``keep`` stay."""
+
     def unlink(match: re.Match) -> str:
         text, target = match.group(1), match.group(2)
-        if target.startswith(("http://", "https://", "#", "notebooks/", "model_visualisation/")):
+        if target.startswith(("http://", "https://", "#", *keep)):
             return match.group(0)
-        return f"{text} (`{target}` in the repository)" if text != target else f"`{target}` (in the repository)"
+        name = target.removeprefix("../")
+        return f"{text} (`{name}` in the repository)" if text != target else f"`{name}` (in the repository)"
 
-    readme = re.sub(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)", unlink, readme)
+    return re.sub(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)", unlink, markdown)
+
+
+def _index_page(readme: str, pages: list[str]) -> str:
+    readme = _site_links(readme, ("notebooks/", "model_visualisation/", *(f"docs/{p}.md" for p in DOC_PAGES)))
     toctree = "\n".join(["", "```{toctree}", ":hidden:", ":maxdepth: 1", "", *pages, "```", ""])
     return readme + toctree
 
@@ -68,6 +79,12 @@ def stage_sources(out: Path, repository: str | None, notebooks: list[Path] | Non
     if without_cell:
         print(f"no Open in Colab link on {len(without_cell)} pages, whose notebooks lack the Colab set-up cell for "
               f"{repository} (python tools/colab.py --write): {', '.join(without_cell)}")  # fmt: skip
+    (source / "docs").mkdir()
+    for name in DOC_PAGES:  # their links are relative to docs/: notebooks and figures are one folder up
+        page = (REPO / "docs" / f"{name}.md").read_text(encoding="utf-8")
+        keep = ("../notebooks/", "../model_visualisation/", *(f"{p}.md" for p in DOC_PAGES))
+        (source / "docs" / f"{name}.md").write_text(_site_links(page, keep), encoding="utf-8")
+        pages.append(f"docs/{name}")
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     (source / "index.md").write_text(_index_page(readme, pages), encoding="utf-8")
     return source

@@ -28,11 +28,11 @@ from vqvae_lib.paths import checkpoint_dir, pretrained_dir, project_dir, project
 from vqvae_lib.runtime import cpu_name
 
 TRAINED_BY = {
-    "mnist": "notebooks/04_mnist.ipynb",
-    "cifar10": "notebooks/05_cifar10.ipynb",
-    "food101": "notebooks/06_food101_and_your_own_images.ipynb",
-    "mnist_prior": "notebooks/08_prior_and_sampling.ipynb",
-    "cifar10_prior": "notebooks/08_prior_and_sampling.ipynb",
+    "mnist": "notebooks/05_mnist.ipynb",
+    "cifar10": "notebooks/06_cifar10.ipynb",
+    "food101": "notebooks/07_food101_and_your_own_images.ipynb",
+    "mnist_prior": "notebooks/09_prior_and_sampling.ipynb",
+    "cifar10_prior": "notebooks/09_prior_and_sampling.ipynb",
 }
 PRIOR_OF = {"mnist": "mnist_prior", "cifar10": "cifar10_prior"}
 

@@ -1,5 +1,5 @@
 """Save each notebook's key figure as a thumbnail for the README (run after executing the notebooks),
-and copy the MNIST interpolation GIF that notebook 7's full-mode run wrote into model_visualisation/.
+and copy the MNIST interpolation GIF that notebook 8's full-mode run wrote into model_visualisation/.
 
     python tools/make_thumbnails.py
 
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 HERE = REPO / "model_visualisation"  # where the thumbnails go
 NOTEBOOKS = REPO / "notebooks"
 # which PNG output (in order of appearance) is each notebook's key figure
-KEY_FIGURE = {"01": 0, "02": 0, "03": 0, "04": 3, "05": 2, "06": 3, "07": 0, "08": 3, "09": 4}
+KEY_FIGURE = {"01": 0, "02": 0, "03": 0, "04": 0, "05": 3, "06": 2, "07": 3, "08": 0, "09": 3, "10": 4}
 
 
 def main(width: int = 480) -> None:
@@ -39,13 +39,13 @@ def main(width: int = 480) -> None:
         print(f"{out.relative_to(HERE.parent)} {image.size}")
     from vqvae_lib.paths import checkpoint_dir
 
-    # the GIF notebook 7 wrote: copied only after its full-mode run, so that the README shows that run's frames
+    # the GIF notebook 8 wrote: copied only after its full-mode run, so that the README shows that run's frames
     gif = checkpoint_dir().parent / "interpolations" / "mnist_interpolation.gif"
     if gif.exists():
         shutil.copy(gif, HERE / gif.name)
-        print(f"{(HERE / gif.name).relative_to(HERE.parent)} (from notebook 7's run)")
+        print(f"{(HERE / gif.name).relative_to(HERE.parent)} (from notebook 8's run)")
     else:
-        print(f"{gif} is missing: run notebook 7 first")
+        print(f"{gif} is missing: run notebook 8 first")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def _progress_text(model_id: str, state: dict) -> str | None:
 
     children = [model(ref) for ref in model(model_id).get("children", [])]
     if len(children) != 3 or "max" not in children[1]:
-        return ""  # not a progress bar (notebook 7's explorer): its output stays as it is
+        return ""  # not a progress bar (notebook 8's explorer): its output stays as it is
     left, bar, right = children
     if bar.get("bar_style") not in ("success", "danger"):  # tqdm hides a leave=False bar when it closes
         return None
@@ -112,7 +112,7 @@ def execute_notebook(path: Path, fast: bool, output: Path | None = None, timeout
                      image_folder: Path | None = None):  # fmt: skip
     """Run a notebook top to bottom in its own folder; raises on the first failing cell. ``pretrained``
     runs it with ``USE_PRETRAINED = True``; ``image_folder`` with ``IMAGE_FOLDER`` set to that folder, as
-    a reader trying their own photos would (notebook 6)."""
+    a reader trying their own photos would (notebook 7)."""
     import nbformat
     from nbclient import NotebookClient
 

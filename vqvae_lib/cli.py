@@ -9,7 +9,7 @@
 A run writes the checkpoint and, beside it, ``<name>_reconstructions.png`` (test images over their
 reconstructions) and ``<name>_interpolation.gif`` (the path between two of those images' latents).
 ``--folder`` trains on a folder of your own images (flat, or one subfolder per class), holding out a
-tenth of them (chosen by a hash of each file's path, the same split as notebook 6) to test on; it picks
+tenth of them (chosen by a hash of each file's path, the same split as notebook 7) to test on; it picks
 the ``folder`` preset, or ``folder-128`` (one more halving) for ``--image-size 128`` and larger. A
 folder with fewer images than a batch trains on batches of all of them.
 
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if main_process:
         print(f"{world} process(es) on {device}; config: {cfg}")
         print(f"train {len(train_set):,} images, evaluate on {test_name}; checkpoint {out}")
-    # a folder's model records where its images are, so that notebooks 7 and 8 can offer it
+    # a folder's model records where its images are, so that notebooks 8 and 9 can offer it
     extra = {"image_folder": str(Path(root).expanduser().resolve()), "image_size": cfg.image_size} if cfg.dataset == "folder" else None
     result = train_loop(model, loader, cfg, eval_loader=test_set, checkpoint_path=out, extra=extra,
                         resume=bool(args.resume and out.exists()), progress=not args.no_progress)  # fmt: skip

@@ -3,7 +3,7 @@
 The data are 2-D points; a small MLP encodes each into a 2-D latent, the library's quantizer snaps it to
 one of ``K`` codes, and an MLP decodes it back. Because the latent plane is 2-D it can be drawn whole: the
 encoder outputs, the codes, their Voronoi cells, and which codes are dead. :class:`LabSettings` holds the
-knobs of notebook 3 (``K``, ``beta``, EMA decay, initialisation, dead-code restarts); :func:`run_lab`
+knobs of notebook 4 (``K``, ``beta``, EMA decay, initialisation, dead-code restarts); :func:`run_lab`
 trains one run with :func:`~vqvae_lib.training.fit` and calls back with snapshots; :class:`CodebookLab`
 is the ipywidgets front end (press Train: a run from scratch with the current settings, drawn live);
 for readers without a kernel, :func:`plot_lab_run` draws a recorded run as one static figure and
@@ -111,7 +111,7 @@ class LabModel(nn.Module):
         if s.init != "kmeans":  # both quantizers draw their own start; set the one asked for
             k = s.num_codes
             start = torch.empty(k, 2).uniform_(-1 / k, 1 / k) if s.init == "uniform" else torch.randn(k, 2)
-            self.quantizer._set_codes(torch.arange(k), start)
+            self.quantizer.set_codes(start)
 
     def latents(self, x: Tensor) -> Tensor:
         """``(N, 2)`` points -> ``(N, 2)`` encoder outputs."""

@@ -121,7 +121,7 @@ class GatedPixelCNN(nn.Module):
         channels: features per position in both stacks.
         num_layers: gated layers after the first (masked-centre) layer; with ``kernel_size=3`` each
             layer grows the receptive field by one row and one column, so ``num_layers >= h + w``
-            surely covers a whole grid; fewer can (notebook 8's 10 layers see all of an 8x8 grid's
+            surely covers a whole grid; fewer can (notebook 9's 10 layers see all of an 8x8 grid's
             past, which a test checks).
         kernel_size: odd width of the masked kernels.
         num_classes: number of labels for class conditioning, or ``None`` for an unconditional prior.
@@ -186,7 +186,7 @@ class GatedPixelCNN(nn.Module):
 
 @dataclass
 class PriorConfig(FitConfig):
-    """A prior's size and how notebook 8 trains it; :meth:`preset` gives its settings per dataset.
+    """A prior's size and how notebook 9 trains it; :meth:`preset` gives its settings per dataset.
 
     The size (48 channels, 10 gated layers) was chosen by a sweep on MNIST codes
     (``benchmarks/README.md``). The optimisation fields are :class:`~vqvae_lib.training.FitConfig`'s.
@@ -198,12 +198,12 @@ class PriorConfig(FitConfig):
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "PriorConfig":
-        """Notebook 8's prior for the codes of the ``mnist``, ``cifar10`` or ``food101``/``folder`` VQ-VAE: five
+        """Notebook 9's prior for the codes of the ``mnist``, ``cifar10`` or ``food101``/``folder`` VQ-VAE: five
         evaluations in full mode, one at the end in fast mode."""
         presets = {
             "mnist": cls(steps=1200, steps_fast=150, eval_every=240),
             "cifar10": cls(steps=1500, steps_fast=150, eval_every=300),
-            # the 16x16 grids of notebook 6's photos: a step costs 4x a CIFAR10 one per grid (265 ms for 32
+            # the 16x16 grids of notebook 7's photos: a step costs 4x a CIFAR10 one per grid (265 ms for 32
             # grids on a 2-core CPU), and there are only hundreds of photos (or dozens of yours) to learn from
             "food101": cls(steps=600, steps_fast=30, batch_size=32, eval_every=150),
         }

@@ -273,6 +273,25 @@ class _QuantizerBase(CodeUsage):
         self.restarted_codes = 0  # total number of dead-code restarts, for logging
 
     # -- codebook access ---------------------------------------------------------------------
+    @torch.no_grad()
+    def set_codes(self, vectors: Tensor, rows: Tensor | None = None) -> None:
+        """Overwrite codes: the whole codebook (``vectors`` ``(K, code_dim)``), or only ``rows`` (a long
+        tensor of code indices, ``vectors`` ``(len(rows), code_dim)``). Statistics attached to a code are
+        reset as at construction (the EMA quantizer's count becomes 1 and its sum the new code), so an
+        EMA codebook keeps the new codes until batches choose them. A ``data_init`` still replaces every
+        code at the first training step."""
+        if rows is None:
+            rows = torch.arange(self.num_embeddings, device=self.codebook.device)
+        rows = torch.as_tensor(rows, device=self.codebook.device)
+        if vectors.dim() != 2 or vectors.shape != (rows.numel(), self.code_dim):
+            raise ValueError(
+                f"set_codes needs vectors of shape ({rows.numel()}, {self.code_dim}) for {rows.numel()} rows, "
+                f"got {tuple(vectors.shape)}"
+            )
+        if rows.numel() and (rows.min() < 0 or rows.max() >= self.num_embeddings):
+            raise ValueError(f"rows must be code indices in [0, {self.num_embeddings}), got {rows.tolist()}")
+        self._set_codes(rows, vectors.to(self.codebook.device, self.codebook.dtype))
+
     def _set_codes(self, rows: Tensor, vectors: Tensor) -> None:
         """Overwrite codebook rows (and any statistics attached to them)."""
         raise NotImplementedError

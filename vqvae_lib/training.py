@@ -102,7 +102,7 @@ class TrainConfig(FitConfig):
         }  # fmt: skip
         presets["folder"] = replace(presets["food101"], dataset="folder")
         # 128x128 photos: one more halving keeps the 16x16 grid of codes (and the bits per image) of the
-        # 64x64 model at 1.4x its time per step (notebook 6 measures it), instead of a 32x32 grid at 4x
+        # 64x64 model at 1.4x its time per step (notebook 7 measures it), instead of a 32x32 grid at 4x
         presets["folder-128"] = replace(presets["folder"], image_size=128,
                                         model=replace(presets["folder"].model, downsample=8))  # fmt: skip
         if name not in presets:
@@ -327,7 +327,7 @@ def train(
             evaluation and checkpoint intervals, seed, device.
         eval_loader: test data for :func:`evaluate`, every ``config.eval_every`` steps and at the end.
         checkpoint_path, resume, progress, callback, extra: as in :func:`fit` (``extra`` is stored in
-            the checkpoint: notebook 6 records your image folder there, for notebooks 7 and 8).
+            the checkpoint: notebook 7 records your image folder there, for notebooks 8 and 9).
 
     ``history`` holds, per step, ``total``, ``recon``, ``codebook``, ``commitment``, ``perplexity`` and
     ``codes_used`` (this batch's), and ``lr``.
