@@ -191,6 +191,41 @@ def test_food101_layout(shared_root):
     assert test.images.float().std() > 20  # real photos, not blank frames
 
 
+def test_food101_is_the_same_800_photos_in_a_full_download(shared_root, tmp_path):
+    """A learner with all of Food-101 gets notebook 7's 800 photos by default (never 101,000 to decode), in
+    the sample's order and classes; "food101-full" gives everything there."""
+    import json
+    import os
+
+    sample = shared_root / "food-101-sample" / "food-101"
+    full = tmp_path / "food-101"
+    (full / "meta").mkdir(parents=True)
+    os.symlink(sample / "images", tmp_path / "sample_images")
+    meta = {}
+    for split in ("train", "test"):
+        chosen = json.loads((sample / "meta" / f"{split}.json").read_text())
+        # a full download: an 11th class sorted first, and more photos of a sampled class listed before them
+        extra_of_class = [f"apple_pie/extra_{split}_{i}" for i in range(3)]
+        meta[split] = {"aaa_extra": [f"aaa_extra/{split}_{i}" for i in range(2)],
+                       **{c: (extra_of_class if c == "apple_pie" else []) + names for c, names in chosen.items()}}
+        (full / "meta" / f"{split}.json").write_text(json.dumps(meta[split]))
+    first = sorted((sample / "images" / "apple_pie").glob("*.jpg"))[0]
+    for names in meta.values():
+        for name in names["aaa_extra"] + names["apple_pie"]:
+            (full / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+            if not (full / "images" / f"{name}.jpg").exists():
+                os.symlink(first if "extra" in name else sample / "images" / f"{name}.jpg", full / "images" / f"{name}.jpg")
+    for c in meta["train"]:
+        if c not in ("aaa_extra", "apple_pie"):
+            os.symlink(sample / "images" / c, full / "images" / c)
+
+    picked = load_dataset("food101", "train", root=tmp_path, image_size=16, cache=False, in_memory=True)
+    alone = load_dataset("food101", "train", root=shared_root / "food-101-sample", image_size=16, cache=False, in_memory=True)
+    assert len(picked) == 600 and torch.equal(picked.images, alone.images) and torch.equal(picked.labels, alone.labels)
+    everything = load_dataset("food101-full", "test", root=tmp_path, image_size=16, cache=False, in_memory=True)
+    assert len(everything) == 200 + 2 + 3
+
+
 def test_food101_missing_without_network(tmp_path, no_network):
     with pytest.raises(DatasetNotFoundError, match="meta/train.txt"):
         load_dataset("food101", "train", root=tmp_path)

@@ -139,6 +139,26 @@ def test_interrupt_during_a_checkpoint_write_keeps_the_last_checkpoint(tmp_path,
     assert read_checkpoint(path).step == 5
 
 
+def test_folder_checkpoints_finds_every_model_of_a_folder_newest_first(tmp_path):
+    # notebooks 8 and 9 offer every model of one's own photos: the one notebook 7 writes (my_images.pt) and
+    # the one the command line names after the folder (holiday.pt), never a model of another dataset
+    import os
+
+    from vqvae_lib.checkpoint import folder_checkpoints
+
+    model = _model()
+    save_checkpoint(tmp_path / "mnist.pt", model)
+    older = save_checkpoint(tmp_path / "my_images.pt", model, extra={"image_folder": "/photos/a", "image_size": 64})
+    newer = save_checkpoint(tmp_path / "holiday.pt", model, extra={"image_folder": "/photos/b", "image_size": 128})
+    os.utime(older, (1_000_000, 1_000_000))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="left out junk.pt"):
+        found = folder_checkpoints(tmp_path)
+    assert [path.name for path, _ in found] == ["holiday.pt", "my_images.pt"]
+    assert found[0][1].extra == {"image_folder": "/photos/b", "image_size": 128}
+    assert folder_checkpoints(tmp_path / "missing") == []
+
+
 def test_checkpoint_rebuilds_its_model_and_refuses_another(tmp_path):
     model = _model()
     x = torch.rand(2, 1, 28, 28)

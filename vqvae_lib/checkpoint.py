@@ -12,6 +12,7 @@ import os
 import pickle
 import re
 import secrets
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +25,7 @@ from .runtime import unwrap
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "folder_checkpoints",
     "load_checkpoint",
     "read_checkpoint",
     "save_checkpoint",
@@ -249,3 +251,22 @@ def load_checkpoint(
     if model is None:
         return checkpoint.build(device)
     return checkpoint.restore(model, optimizer, scheduler).to(device)
+
+
+def folder_checkpoints(directory: str | os.PathLike) -> list[tuple[Path, Checkpoint]]:
+    """The checkpoints in ``directory`` that record an image folder (``extra["image_folder"]`` and
+    ``extra["image_size"]``: notebook 7 with ``IMAGE_FOLDER`` set and ``python -m vqvae_lib.cli --folder``
+    write them), newest first, each read once. A ``.pt`` file that is not a readable checkpoint is left out
+    with a warning that names it and says why; a missing directory holds none."""
+    found = []
+    for path in sorted(Path(directory).expanduser().glob("*.pt")):
+        if not path.is_file():  # a FIFO or folder named *.pt: never opened
+            continue
+        try:
+            saved = read_checkpoint(path)
+        except CheckpointError as unreadable:
+            warnings.warn(f"left out {path.name}: {unreadable}", stacklevel=2)
+            continue
+        if "image_folder" in saved.extra and "image_size" in saved.extra:
+            found.append((path, saved))
+    return sorted(found, key=lambda item: item[0].stat().st_mtime, reverse=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import pickle
 import zipfile
@@ -212,8 +213,14 @@ def _food101_base(root: Path) -> Path | None:
     return None
 
 
+def _food101_sample(split: str) -> dict[str, list[str]]:
+    """The committed names of notebook 7's 800 photos: class -> ["class/id", ...] for ``split``."""
+    with (Path(__file__).parent / "food101_sample.json").open(encoding="utf-8") as f:
+        return json.load(f)[split]
+
+
 def _load_food101(root: Path, split: str, download: bool, image_size: tuple[int, int], channels: int,
-                  in_memory: bool | None, cache: bool | None) -> Dataset:  # fmt: skip
+                  in_memory: bool | None, cache: bool | None, sample: bool) -> Dataset:  # fmt: skip
     from torchvision.datasets import Food101
 
     base = _food101_base(root)
@@ -227,9 +234,24 @@ def _load_food101(root: Path, split: str, download: bool, image_size: tuple[int,
         base = root
     ds = Food101(str(base), split=split, download=False)
     images = base / "food-101"
-    names = [Path(p).relative_to(images).as_posix() for p in ds._image_files]
-    return load_files(images, names, list(ds._labels), list(ds.classes), image_size, channels, f"food101-{split}",
-                      cache=cache, in_memory=in_memory)  # fmt: skip
+    files = [Path(p).relative_to(images).as_posix() for p in ds._image_files]  # "images/<class>/<id>.jpg"
+    labels, classes = list(ds._labels), list(ds.classes)
+    if sample:  # the same 800 photos whether the data root holds the whole dataset or only them
+        chosen = _food101_sample(split)
+        wanted = {name for names_of_class in chosen.values() for name in names_of_class}  # "<class>/<id>"
+        found = {file.removeprefix("images/").removesuffix(".jpg"): file for file in files}
+        missing = sorted(wanted - set(found))
+        if missing:
+            raise DatasetNotFoundError(
+                f"{len(missing)} of the {len(wanted)} Food-101 {split} photos of the sample are not in {images} "
+                f"(for example images/{missing[0]}.jpg): a damaged or partial download? "
+                "load_dataset('food101-full') loads whatever is there"
+            )
+        classes = sorted(chosen)
+        keep = [(file, classes.index(name.split("/")[0])) for name, file in found.items() if name in wanted]
+        files, labels = [file for file, _ in keep], [label for _, label in keep]
+    return load_files(images, files, labels, classes, image_size, channels,
+                      f"food101-{split}" if sample else f"food101-full-{split}", cache=cache, in_memory=in_memory)
 
 
 def load_dataset(
@@ -247,7 +269,10 @@ def load_dataset(
     Args:
         name: ``"mnist"`` (28x28, 1 channel), ``"cifar10"`` (32x32 RGB; torchvision's pickles or an
             image export), ``"cifar10-exact"`` (the 3,000-image exact-pixel subset in the CI data),
-            ``"food101"`` (torchvision's Food101) or ``"folder"`` (``root`` is any image folder).
+            ``"food101"`` (notebook 7's 800 photos of torchvision's Food101: 10 classes, 60 train and 20
+            test photos each, chosen by a committed list of names, from a full download or from the
+            sample alone), ``"food101-full"`` (all of Food-101: 75,750 train and 25,250 test photos) or
+            ``"folder"`` (``root`` is any image folder).
         split: ``"train"`` or ``"test"``; for a folder also ``"all"`` (the test split is the tenth held
             out by a hash of each file's path: :func:`vqvae_lib.image_folder.held_out`).
         root: data root (or, for ``"folder"``, the image folder itself); see :func:`data_root`.
@@ -283,10 +308,11 @@ def load_dataset(
         ds = _load_cifar10(base, split, download)
     elif name == "cifar10-exact":
         ds = _load_cifar10_exact(base, split)
-    elif name == "food101":
-        return _load_food101(base, split, download, size or (64, 64), channels or 3, in_memory, cache)
+    elif name in ("food101", "food101-full"):
+        sample = name == "food101"
+        return _load_food101(base, split, download, size or (64, 64), channels or 3, in_memory, cache, sample)
     else:
-        raise ValueError(f"unknown dataset {name!r}; choose mnist, cifar10, cifar10-exact, food101 or folder")
+        raise ValueError(f"unknown dataset {name!r}; choose mnist, cifar10, cifar10-exact, food101, food101-full or folder")
 
     if channels is not None and channels != ds.images.shape[1]:
         imgs = ds.images.expand(-1, 3, -1, -1).contiguous() if channels == 3 else _to_gray(ds.images)
@@ -312,7 +338,7 @@ def load_test_set(
             return exact, f"cifar10-exact test ({len(exact):,} exact-pixel images)"
         except DatasetNotFoundError:
             pass
-    if name in ("food101", "folder"):
+    if name in ("food101", "food101-full", "folder"):
         image_size = image_size or 64
     ds = load_dataset(name, "test", root=root, image_size=image_size)
     return ds, f"{name} test ({len(ds):,} images)"
