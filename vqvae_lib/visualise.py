@@ -24,7 +24,7 @@ from .model import VQVAE, ResidualStack
 from .residual_vq import ResidualVectorQuantizer
 from .runtime import eval_mode
 
-__all__ = ["Stage", "trace_stages", "summary_table", "draw_architecture", "draw_codebook", "code_patches"]
+__all__ = ["Stage", "trace_stages", "summary_table", "draw_architecture", "draw_codebook", "code_patches", "draw_gated_layer"]
 
 
 @dataclass
@@ -244,4 +244,57 @@ def draw_codebook(model: VQVAE, counts: Tensor, grid_shape: tuple[int, int], top
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def draw_gated_layer(channels: int = 48, kernel_size: int = 3):
+    """One layer of the Gated PixelCNN (:class:`vqvae_lib.prior.GatedLayer`) as a diagram: the vertical
+    stack on top, the horizontal stack below, the label's bias into both gates, the vertical features
+    feeding the horizontal stack and never the other way, and the horizontal stack's residual path."""
+    c, k = channels, kernel_size
+    fig, ax = plt.subplots(figsize=(14, 4.6))  # 1,120 pixels wide at the notebooks' 80 dpi
+    ax.set_xlim(0, 15), ax.set_ylim(-0.2, 6.3)
+    ax.axis("off")
+
+    def box(x, y, text, color, w, h=0.9):
+        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.04", fc=color, ec="#333333", lw=1))
+        ax.text(x, y, text, ha="center", va="center", fontsize=10.5)
+
+    def plus(x, y):
+        ax.add_patch(plt.Circle((x, y), 0.22, fc="white", ec="#333333", lw=1))
+        ax.text(x, y, "+", ha="center", va="center", fontsize=12)
+
+    def arrow(x0, y0, x1, y1, color="#333333", rad=0.0, ls="-"):
+        ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=13, color=color, lw=1.3,
+                                     linestyle=ls, connectionstyle=f"arc3,rad={rad}"))
+
+    top, bottom, label_y = 4.5, 1.8, 5.8
+    blue, green, orange, grey = "#d6e4f5", "#dcefd8", "#fbe3c8", "#eeeeee"
+    box(1.1, top, "v: the rows above", grey, 1.9)
+    box(3.9, top, f"{k}x{k} conv: rows above\nand this row, {2 * c} ch.", blue, 2.7)
+    plus(6.0, top)
+    box(8.6, top, "gate: tanh(a) x sigmoid(b)", blue, 3.0)
+    box(11.6, top, "v out", grey, 1.3)
+    box(1.1, bottom, "h: this row, left", grey, 1.9)
+    box(3.9, bottom, f"1x{k} conv: the left and\nthis position, {2 * c} ch.", green, 2.7)
+    plus(5.6, bottom)
+    plus(6.3, bottom)
+    box(8.6, bottom, "gate: tanh(a) x sigmoid(b)", green, 3.0)
+    box(11.0, bottom, "1x1 conv", green, 1.2)
+    plus(12.4, bottom)
+    box(13.8, bottom, "h out", grey, 1.3)
+    box(5.0, (top + bottom) / 2, "1x1 conv", blue, 1.2, 0.6)
+    box(9.6, label_y, "label y -> embedding: one bias per class", orange, 4.2, 0.55)
+    arrow(2.05, top, 2.55, top), arrow(5.25, top, 5.78, top), arrow(6.22, top, 7.1, top), arrow(10.1, top, 10.95, top)
+    arrow(2.05, bottom, 2.55, bottom), arrow(5.25, bottom, 5.38, bottom), arrow(5.82, bottom, 6.08, bottom)
+    arrow(6.52, bottom, 7.1, bottom), arrow(10.1, bottom, 10.4, bottom), arrow(11.6, bottom, 12.18, bottom)
+    arrow(12.62, bottom, 13.15, bottom)
+    arrow(5.0, top - 0.45, 5.0, (top + bottom) / 2 + 0.3)  # the vertical features, before the gate, go down
+    arrow(5.0, (top + bottom) / 2 - 0.3, 5.5, bottom + 0.2)
+    arrow(7.5, label_y - 0.28, 6.15, top + 0.18, color="#c26b1a")
+    arrow(8.2, label_y - 0.28, 6.45, bottom + 0.2, color="#c26b1a", rad=-0.25)
+    arrow(1.1, bottom - 0.45, 12.4, bottom - 0.22, color="#555555", rad=0.15, ls="--")
+    ax.text(6.8, 0.05, "residual: h out = h + ...", fontsize=10, color="#555555")
+    ax.text(0.1, 3.15, "the vertical stack feeds\nthe horizontal one,\nnever the other way", fontsize=10, va="center")
+    ax.set_title(f"one gated layer of the Gated PixelCNN ({c} channels per stack)", fontsize=12)
     return fig
