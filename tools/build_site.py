@@ -80,9 +80,9 @@ def stage_sources(out: Path, repository: str | None, notebooks: list[Path] | Non
         print(f"no Open in Colab link on {len(without_cell)} pages, whose notebooks lack the Colab set-up cell for "
               f"{repository} (python tools/colab.py --write): {', '.join(without_cell)}")  # fmt: skip
     (source / "docs").mkdir()
-    for name in DOC_PAGES:  # their links are relative to docs/: notebooks and figures are one folder up
+    keep = ("../notebooks/", "../model_visualisation/", *(f"{p}.md" for p in DOC_PAGES))  # links from docs/ that stay
+    for name in DOC_PAGES:
         page = (REPO / "docs" / f"{name}.md").read_text(encoding="utf-8")
-        keep = ("../notebooks/", "../model_visualisation/", *(f"{p}.md" for p in DOC_PAGES))
         (source / "docs" / f"{name}.md").write_text(_site_links(page, keep), encoding="utf-8")
         pages.append(f"docs/{name}")
     readme = (REPO / "README.md").read_text(encoding="utf-8")

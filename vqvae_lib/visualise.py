@@ -11,6 +11,7 @@ codebook figures read a trained checkpoint: how often each code is used, where t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 
 import matplotlib.pyplot as plt
@@ -113,6 +114,19 @@ def _shape(shape: tuple[int, ...]) -> str:
     return " x ".join(map(str, shape[1:]))
 
 
+def _box(ax, x: float, y: float, w: float, h: float, text: str, color: str, fontsize: float = 9.5, weight: str = "normal") -> None:
+    """A rounded box with its lower left corner at ``(x, y)`` and ``text`` in its centre (the diagrams' one box)."""
+    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.04", fc=color, ec="#333333", lw=1))
+    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=fontsize, weight=weight)
+
+
+def _arrow(ax, x0: float, y0: float, x1: float, y1: float, color: str = "#333333", style: str = "-|>", ls: str = "-",
+           lw: float = 1.3, rad: float = 0.0, head: float = 12) -> None:
+    """An arrow from ``(x0, y0)`` to ``(x1, y1)``, bent by ``rad`` (the diagrams' one arrow)."""
+    ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle=style, mutation_scale=head, color=color,
+                                 linestyle=ls, lw=lw, connectionstyle=f"arc3,rad={rad}"))  # fmt: skip
+
+
 def draw_architecture(model: VQVAE, image_shape: tuple[int, int, int], title: str | None = None):
     """Encoder -> z_e -> nearest code -> z_q -> decoder, with the shapes the modules really produced,
     the ``K x D`` codebook, the three loss terms and the straight-through gradient path."""
@@ -131,13 +145,7 @@ def draw_architecture(model: VQVAE, image_shape: tuple[int, int, int], title: st
     ax.set_ylim(-0.6, 6.2)
     ax.axis("off")
 
-    def box(x, y, w, h, text, color, fontsize=9.5, weight="normal"):
-        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.04", fc=color, ec="#333333", lw=1))
-        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=fontsize, weight=weight)
-
-    def arrow(x0, y0, x1, y1, color="#333333", style="-|>", ls="-", lw=1.3, rad=0.0):
-        ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle=style, mutation_scale=12, color=color,
-                                     linestyle=ls, lw=lw, connectionstyle=f"arc3,rad={rad}"))  # fmt: skip
+    box, arrow = partial(_box, ax), partial(_arrow, ax)
 
     def column(x, stages_, color, label):
         top, step = 5.0, 0.62
@@ -256,17 +264,14 @@ def draw_gated_layer(channels: int = 48, kernel_size: int = 3):
     ax.set_xlim(0, 15), ax.set_ylim(-0.2, 6.3)
     ax.axis("off")
 
-    def box(x, y, text, color, w, h=0.9):
-        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.04", fc=color, ec="#333333", lw=1))
-        ax.text(x, y, text, ha="center", va="center", fontsize=10.5)
+    def box(x, y, text, color, w, h=0.9):  # placed by its centre
+        _box(ax, x - w / 2, y - h / 2, w, h, text, color, fontsize=10.5)
 
     def plus(x, y):
         ax.add_patch(plt.Circle((x, y), 0.22, fc="white", ec="#333333", lw=1))
         ax.text(x, y, "+", ha="center", va="center", fontsize=12)
 
-    def arrow(x0, y0, x1, y1, color="#333333", rad=0.0, ls="-"):
-        ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=13, color=color, lw=1.3,
-                                     linestyle=ls, connectionstyle=f"arc3,rad={rad}"))
+    arrow = partial(_arrow, ax, head=13)
 
     top, bottom, label_y = 4.5, 1.8, 5.8
     blue, green, orange, grey = "#d6e4f5", "#dcefd8", "#fbe3c8", "#eeeeee"
