@@ -7,11 +7,12 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
     "image_grid", "show_images", "show_reconstructions", "plot_history", "show_code_grids", "plot_codebook_usage",
-    "show_frames",
+    "show_frames", "show_error_maps", "plot_training_curves",
 ]  # fmt: skip
 
 
@@ -181,3 +182,51 @@ def show_frames(frames: Tensor, title: str | None = None, max_frames: int = 12):
     # twice the pixels' size, but never wider than 14 inches (1,120 pixels at the notebooks' 80 dpi)
     ax = show_images(frames[idx], nrow=len(idx), title=title, scale=min(2.0, 14 * 40 / width))
     return ax.figure
+
+
+def show_error_maps(x: Tensor, reconstructions: dict[str, Tensor], title: str | None = None):
+    """Where each model's reconstruction is wrong: the images ``x`` ``(N, C, H, W)`` on the top row, then one
+    row per model of ``|x - x_hat|`` (averaged over colours) on one shared colour scale, so that a row twice
+    as bright has twice the error. Each row is labelled with its model's mean squared error on these images.
+    Differences too small to see in the reconstructions themselves show here. Returns the figure."""
+    from matplotlib import colormaps
+
+    x = x.detach().cpu().float()
+    errors = {name: (x_hat.detach().cpu().float() - x).abs().mean(1) for name, x_hat in reconstructions.items()}
+    # the 99th percentile over every model's pixels is the brightest colour: the same scale in every row
+    top = float(torch.cat([e.flatten() for e in errors.values()]).quantile(0.99).clamp_min(1e-8))
+    n = len(x)
+    fig, axes = plt.subplots(len(errors) + 1, 1, figsize=(min(14.0, 1.1 * n + 2.5), 1.35 * (len(errors) + 1)))
+    show_images(x, nrow=n, ax=axes[0], title="test images")
+    for ax, (name, error) in zip(axes[1:], errors.items()):
+        heat = torch.from_numpy(colormaps["inferno"]((error / top).clamp(0, 1).numpy())[..., :3]).permute(0, 3, 1, 2)
+        mse = F.mse_loss(reconstructions[name].detach().cpu().float(), x).item()
+        show_images(heat, nrow=n, ax=ax, pad_value=1.0)
+        ax.set_title(f"{name}: |x - x_hat|, MSE {mse:.4f}", fontsize=11)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(runs: dict[str, dict], title: str, smooth: int = 9):
+    """Several runs' training reconstruction error against steps (left) and against seconds (right, each
+    run's mean pace), as a running mean of ``smooth`` logged points. ``runs[name]`` holds ``curve_steps``,
+    ``curve_recon``, ``steps`` and ``seconds`` (as :func:`vqvae_lib.comparison.compare` returns them)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    for name, r in runs.items():
+        steps, recon = np.array(r["curve_steps"]), np.array(r["curve_recon"])
+        mean = np.convolve(recon, np.ones(smooth) / smooth, mode="valid")
+        half = smooth // 2
+        for ax, x in zip(axes, (steps, steps * r["seconds"] / r["steps"])):
+            ax.plot(x[half : half + len(mean)], mean, label=name)
+    axes[0].set_xlabel("training step")
+    axes[1].set_xlabel("training seconds (each run's mean pace)")
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.set_ylabel("training reconstruction MSE")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=9)
+    fig.suptitle(f"{title} (running mean of {smooth} logged points)")
+    fig.tight_layout()
+    return fig

@@ -137,65 +137,67 @@ def draw_architecture(model: VQVAE, image_shape: tuple[int, int, int], title: st
     k, d = model.quantizer.num_embeddings, model.quantizer.embedding_dim
     beta = model.beta
 
-    # 15 x 6.8 units on 12 x 5.2 inches, the axes filling the figure: shown at the notebooks' 80 dpi (or
-    # shrunk to a page's width) the labels stay readable, none below 9 pt
-    fig, ax = plt.subplots(figsize=(12, 5.2))
-    fig.subplots_adjust(left=0.005, right=0.995, bottom=0.01, top=0.93)
+    # 15 x 8.1 units on 12 x 6.2 inches, the axes filling the figure: at the notebooks' 80 dpi the figure is
+    # 960 px wide, and no label is below 11 pt (12 px), the size the notebooks' figures are read at
+    fig, ax = plt.subplots(figsize=(12, 6.2))
+    fig.subplots_adjust(left=0.005, right=0.995, bottom=0.01, top=0.94)
     ax.set_xlim(0, 15)
-    ax.set_ylim(-0.6, 6.2)
+    ax.set_ylim(-0.9, 7.2)
     ax.axis("off")
 
     box, arrow = partial(_box, ax), partial(_arrow, ax)
+    col_w, row_h, step, top = 2.45, 0.64, 0.82, 5.6
 
     def column(x, stages_, color, label):
-        top, step = 5.0, 0.62
-        ax.text(x + 1.1, top + 0.65, label, ha="center", fontsize=10, weight="bold")
+        ax.text(x + col_w / 2, top + row_h + 0.25, label, ha="center", fontsize=12.5, weight="bold")
         for i, s in enumerate(stages_):
             y = top - i * step
-            box(x, y, 2.2, 0.46, f"{s.name}\n{_shape(s.shape)}", color, fontsize=9)
+            box(x, y, col_w, row_h, f"{s.name}\n{_shape(s.shape)}", color, fontsize=11.5)
             if i:
-                arrow(x + 1.1, y + step, x + 1.1, y + 0.48)
+                arrow(x + col_w / 2, y + step, x + col_w / 2, y + row_h + 0.02)
         return top - (len(stages_) - 1) * step
 
-    # input and output images
-    box(0.1, 4.4, 1.3, 0.9, f"x\n{_shape(stages[0].shape)}", "#eeeeee", weight="bold")
+    # input image, encoder
+    box(0.05, 4.75, 1.45, 1.0, f"x\n{_shape(stages[0].shape)}", "#eeeeee", fontsize=12, weight="bold")
     enc_bottom = column(1.8, enc, "#cfe2f3", "encoder")
-    arrow(1.4, 4.85, 1.8, 5.2)
+    arrow(1.5, 5.25, 1.8, top + row_h / 2)
     # z_e, quantizer and codebook
-    box(4.6, 2.6, 1.5, 0.8, f"z_e\n{_shape(z_e.shape)}", "#cfe2f3", weight="bold")
-    arrow(2.9, enc_bottom, 4.6, 3.0, rad=0.15)
-    box(6.7, 2.45, 2.1, 1.1, "nearest code\nk = argmin_j ||z_e - e_j||²\nper position", "#fde9c9", fontsize=9)
-    arrow(6.1, 3.0, 6.7, 3.0)
+    box(4.6, 2.85, 1.65, 0.95, f"z_e\n{_shape(z_e.shape)}", "#cfe2f3", fontsize=12, weight="bold")
+    arrow(1.8 + col_w, enc_bottom + row_h / 2, 4.6, 3.3, rad=0.15)
+    box(6.55, 2.7, 2.55, 1.25, "nearest code\nargmin_j ||z_e - e_j||²\nat each position", "#fde9c9", fontsize=11.5)
+    arrow(6.25, 3.32, 6.55, 3.32)
     # the codebook as a K x D grid
-    cb_x, cb_y, cb_w, cb_h = 6.95, 4.3, 1.6, 1.3
+    cb_x, cb_y, cb_w, cb_h = 7.05, 4.75, 1.55, 1.35
     ax.add_patch(Rectangle((cb_x, cb_y), cb_w, cb_h, fc="#fde9c9", ec="#333333"))
     for r in np.linspace(cb_y, cb_y + cb_h, 9)[1:-1]:
         ax.plot([cb_x, cb_x + cb_w], [r, r], color="#c9a26b", lw=0.6)
-    ax.text(cb_x + cb_w / 2, cb_y + cb_h + 0.15, f"codebook: K = {k} codes x D = {d}", ha="center", fontsize=9.5, weight="bold")
-    ax.text(cb_x - 0.1, cb_y + cb_h / 2, "K", ha="right", va="center", fontsize=9)
-    ax.text(cb_x + cb_w / 2, cb_y - 0.14, "D", ha="center", va="top", fontsize=9)
-    arrow(cb_x + cb_w / 2, cb_y - 0.3, cb_x + cb_w / 2, 3.58)
-    box(9.4, 2.6, 1.5, 0.8, f"z_q = e_k\n{_shape(z_q.shape)}", "#fde9c9", weight="bold")
-    arrow(8.8, 3.0, 9.4, 3.0)
-    dec_bottom = column(11.5, dec, "#d9ead3", "decoder")
-    arrow(10.9, 3.2, 11.5, 5.1, rad=-0.2)
-    box(13.75, 1.0, 1.2, 0.9, f"x̂\n{_shape(dec[-1].shape)}", "#eeeeee", weight="bold")
-    arrow(12.6, dec_bottom, 13.75, 1.45, rad=0.1)
+    ax.text(cb_x + cb_w / 2, cb_y + cb_h + 0.2, f"codebook: K = {k} codes x D = {d}", ha="center", fontsize=12.5, weight="bold")
+    ax.text(cb_x - 0.12, cb_y + cb_h / 2, "K", ha="right", va="center", fontsize=11.5)
+    ax.text(cb_x + cb_w / 2, cb_y - 0.1, "D", ha="center", va="top", fontsize=11.5)
+    arrow(cb_x + cb_w / 2, cb_y - 0.45, cb_x + cb_w / 2, 4.0)
+    box(9.4, 2.85, 1.75, 0.95, f"z_q = e_k\n{_shape(z_q.shape)}", "#fde9c9", fontsize=12, weight="bold")
+    arrow(9.1, 3.32, 9.4, 3.32)
+    # decoder, then the reconstruction below it
+    dec_x = 12.2
+    dec_bottom = column(dec_x, dec, "#d9ead3", "decoder")
+    arrow(11.15, 3.6, dec_x, top + row_h / 2, rad=-0.25)
+    box(dec_x + (col_w - 1.45) / 2, 1.0, 1.45, 1.0, f"x̂\n{_shape(dec[-1].shape)}", "#eeeeee", fontsize=12, weight="bold")
+    arrow(dec_x + col_w / 2, dec_bottom, dec_x + col_w / 2, 2.02)
 
     # straight-through gradient: from z_q back to z_e, around the argmin
-    arrow(9.9, 2.55, 5.35, 2.55, color="#c0392b", ls="--", lw=1.6, rad=-0.35)
-    ax.text(7.6, 1.2, "straight-through gradient: ∂L/∂z_e := ∂L/∂z_q\n(argmin has no gradient; z_q = z_e + sg[e_k - z_e])",
-            ha="center", fontsize=9, color="#c0392b")  # fmt: skip
+    arrow(10.2, 2.8, 5.45, 2.8, color="#c0392b", ls="--", lw=1.6, rad=-0.35)
+    ax.text(7.8, 1.05, "straight-through gradient: ∂L/∂z_e := ∂L/∂z_q\n(argmin has no gradient; z_q = z_e + sg[e_k - z_e])",
+            ha="center", fontsize=11, color="#c0392b")  # fmt: skip
     # the three loss terms
     ax.text(
-        0.1, 0.15,
+        0.1, -0.75,
         f"loss = ||x - x̂||²  (reconstruction: encoder + decoder)\n"
         f"      + ||sg[z_e] - e_k||²  (codebook: moves e_k{'; replaced by EMA updates' if model.config['ema'] else ''})\n"
         f"      + β ||z_e - sg[e_k]||²  (commitment, β = {beta}: moves the encoder)",
-        fontsize=9, family="monospace", va="bottom",
+        fontsize=11, family="monospace", va="bottom",
     )  # fmt: skip
     params = sum(p.numel() for p in model.parameters())
-    ax.set_title(title or f"VQ-VAE for {_shape(stages[0].shape)} images: {params:,} parameters", fontsize=12)
+    ax.set_title(title or f"VQ-VAE for {_shape(stages[0].shape)} images: {params:,} parameters", fontsize=13)
     return fig
 
 
