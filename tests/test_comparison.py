@@ -53,7 +53,8 @@ def test_a_run_is_reproduced_by_its_seed_and_moved_by_another(mnist_small):
 
 def test_seed_table_gives_each_spread():
     runs = {0: {"a": dict(nmse=0.0300, prior_bits=170.0)}, 1: {"a": dict(nmse=0.0275, prior_bits=181.4)}}
-    header, row = seed_table(runs).splitlines()
-    assert "NMSE, seed 0" in header and "prior bits spread" in header
-    assert row.split()[1:] == ["0.0300", "0.0275", "170", "181", "0.0025", "11"]
+    names, seeds, row = seed_table(runs).splitlines()
+    assert names.split() == ["test", "NMSE", "prior", "bits", "per", "image"]
+    assert seeds.split() == ["seed", "0", "seed", "1", "spread"] * 2
+    assert row.split()[1:] == ["0.0300", "0.0275", "0.0025", "170", "181", "11"]
 

@@ -129,22 +129,22 @@ def results_table(runs: dict[str, dict[str, Any]], grid: tuple[int, int]) -> str
 
 
 def seed_table(by_seed: dict[int, dict[str, dict[str, Any]]], keys: tuple[str, ...] = ("nmse", "prior_bits")) -> str:
-    """Each option's ``keys`` under every seed, side by side, with their spread (largest minus smallest)."""
+    """Each option's ``keys`` under every seed, side by side, each followed by its spread (largest minus
+    smallest): the least a difference between two options must exceed before it says anything."""
     seeds = sorted(by_seed)
     names = list(by_seed[seeds[0]])
-    label = {"nmse": "NMSE", "prior_bits": "prior bits", "psnr": "PSNR dB", "perplexity": "perplexity"}
-    header = f"{'':20}" + "".join(f" {f'{label.get(k, k)}, seed {s}':>17}" for k in keys for s in seeds) + "".join(
-        f" {f'{label.get(k, k)} spread':>17}" for k in keys
-    )
-    lines = [header]
+    label = {"nmse": "test NMSE", "prior_bits": "prior bits per image", "psnr": "PSNR dB", "perplexity": "perplexity"}
+    width = 8 * (len(seeds) + 1)
+    lines = [f"{'':20}" + "".join(f"   {label.get(k, k):<{width}}" for k in keys),
+             f"{'':20}" + "".join("   " + "".join(f"{f'seed {s}':>8}" for s in seeds) + f"{'spread':>8}" for _ in keys)]
     for name in names:
-        cells, spreads = [], []
+        row = f"{name:20}"
         for key in keys:
             values = [by_seed[s][name].get(key) for s in seeds]
-            cells += [_fmt(key, v) for v in values]
             known = [v for v in values if v is not None]
-            spreads.append(_fmt(key, max(known) - min(known)) if len(known) == len(values) else "")
-        lines.append(f"{name:20}" + "".join(f" {c:>17}" for c in cells + spreads))
+            spread = max(known) - min(known) if len(known) == len(values) else None
+            row += "   " + "".join(f"{_fmt(key, v):>8}" for v in values + [spread])
+        lines.append(row)
     return "\n".join(lines)
 
 
