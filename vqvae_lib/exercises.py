@@ -120,7 +120,7 @@ def check_straight_through(fn: Callable[[Tensor, Tensor], Tensor]) -> CheckResul
         return _report(False, f"it returned shape {tuple(out.shape)}; the output has z_q's shape {tuple(z_q.shape)}")
     grad_z_e, grad_z_q = _gradients((out * upstream.to(out.dtype)).sum(), z_e, z_q) if out.requires_grad else (None, None)
     if grad_z_q is not None and grad_z_q.abs().sum() > 0:  # first: this mistake also disturbs z_e's gradient
-        return _report(False, "the gradient also reaches z_q: z_q may only appear inside .detach(), e.g. z_e + (z_q - z_e).detach()")
+        return _report(False, "the gradient also reaches z_q, so the decoder would move the codes: z_q may only appear inside .detach()")
     # z_e + (z_q - z_e) rounds in float32: two roundings of numbers below ~5, so 1e-5 is ~20x that error
     if not torch.allclose(out.detach().double(), z_q.detach().double(), rtol=0, atol=1e-5):
         close_to_ze = torch.allclose(out.detach().double(), z_e.detach().double(), atol=1e-5)
