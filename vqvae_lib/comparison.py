@@ -23,23 +23,21 @@ from .data import make_loader
 from .prior import PriorConfig, extract_codes, train_prior
 from .training import TrainConfig, train
 
+def _options(levels: tuple[int, ...]) -> dict[str, dict[str, Any]]:
+    """The five options at the bits of ``prod(levels)`` codes: FSQ rounds to ``levels`` and residual VQ uses
+    stages of ``levels`` codes, so both make exactly as many codes as the preset's codebook."""
+    grid = "x".join(map(str, levels))
+    return {
+        "VQ (paper, EMA)": {},
+        "rotation trick": dict(gradient="rotation"),
+        "cosine, 8-d": dict(quantizer="cosine", lookup_dim=8),
+        f"FSQ {grid}": dict(quantizer="fsq", levels=levels),
+        f"residual {grid}": dict(quantizer="residual", stage_sizes=levels),
+    }
+
+
 # the same bits per image in every row: 7 bits per position on MNIST's 7x7 grid, 9 on CIFAR10's 8x8
-EQUAL_BITS: dict[str, dict[str, dict[str, Any]]] = {
-    "mnist": {
-        "VQ (paper, EMA)": {},
-        "rotation trick": dict(gradient="rotation"),
-        "cosine, 8-d": dict(quantizer="cosine", lookup_dim=8),
-        "FSQ 8x4x4": dict(quantizer="fsq", levels=(8, 4, 4)),
-        "residual 8x4x4": dict(quantizer="residual", stage_sizes=(8, 4, 4)),
-    },
-    "cifar10": {
-        "VQ (paper, EMA)": {},
-        "rotation trick": dict(gradient="rotation"),
-        "cosine, 8-d": dict(quantizer="cosine", lookup_dim=8),
-        "FSQ 8x8x8": dict(quantizer="fsq", levels=(8, 8, 8)),
-        "residual 8x8x8": dict(quantizer="residual", stage_sizes=(8, 8, 8)),
-    },
-}
+EQUAL_BITS: dict[str, dict[str, dict[str, Any]]] = {"mnist": _options((8, 4, 4)), "cifar10": _options((8, 8, 8))}
 
 
 def compare(

@@ -192,7 +192,8 @@ def show_error_maps(x: Tensor, reconstructions: dict[str, Tensor], title: str | 
     from matplotlib import colormaps
 
     x = x.detach().cpu().float()
-    errors = {name: (x_hat.detach().cpu().float() - x).abs().mean(1) for name, x_hat in reconstructions.items()}
+    reconstructions = {name: x_hat.detach().cpu().float() for name, x_hat in reconstructions.items()}
+    errors = {name: (x_hat - x).abs().mean(1) for name, x_hat in reconstructions.items()}
     # the 99th percentile over every model's pixels is the brightest colour: the same scale in every row
     top = float(torch.cat([e.flatten() for e in errors.values()]).quantile(0.99).clamp_min(1e-8))
     n = len(x)
@@ -200,7 +201,7 @@ def show_error_maps(x: Tensor, reconstructions: dict[str, Tensor], title: str | 
     show_images(x, nrow=n, ax=axes[0], title="test images")
     for ax, (name, error) in zip(axes[1:], errors.items()):
         heat = torch.from_numpy(colormaps["inferno"]((error / top).clamp(0, 1).numpy())[..., :3]).permute(0, 3, 1, 2)
-        mse = F.mse_loss(reconstructions[name].detach().cpu().float(), x).item()
+        mse = F.mse_loss(reconstructions[name], x).item()
         show_images(heat, nrow=n, ax=ax, pad_value=1.0)
         ax.set_title(f"{name}: |x - x_hat|, MSE {mse:.4f}", fontsize=11)
     if title:
